@@ -1,0 +1,244 @@
+"""The stack's configuration variables, in one table.
+
+The same table generates `.env` (random secrets per install), validates it on the host before
+anything starts (`scripts/check-env`), validates each container's environment at start-up, and
+is what the Django settings read through. Standard library only: it runs on the host too.
+
+    python3 environment.py generate .env   write a new .env (refuses to overwrite one)
+    python3 environment.py check .env      validate a .env file
+    python3 environment.py check           validate this process's environment
+    python3 environment.py example         print .env.example
+"""
+
+import ipaddress
+import os
+import re
+import secrets
+import sys
+from dataclasses import dataclass
+from typing import Callable, Mapping
+from urllib.parse import urlparse
+
+
+class ConfigurationError(Exception):
+    """One or more variables are missing or malformed; the message names each of them."""
+
+
+def _secret(value: str) -> str:
+    # Secrets end up in URLs (redis://:pw@...) and SQL literals: a safe alphabet avoids quoting.
+    if len(value) < 32:
+        raise ValueError(f"must be at least 32 characters (got {len(value)})")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", value):
+        raise ValueError("may contain only letters, digits, '_' and '-'")
+    return value
+
+
+def _site_url(value: str) -> str:
+    url = urlparse(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("must be an http(s) URL such as https://auth.example.com")
+    if url.path not in ("",) or value.endswith("/"):
+        raise ValueError("must have no path and no trailing slash")
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", value):
+        raise ValueError("must be a letter followed by up to 31 letters, digits or '_'")
+    return value
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not re.fullmatch(r"[0-9]+", value) or not low <= int(value) <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return int(value)
+
+    return parse
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _email(value: str) -> str:
+    if value and not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+        raise ValueError("must be an e-mail address (or empty)")
+    return value
+
+
+def _ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("must be an IP address such as 127.0.0.1") from None
+    return value
+
+
+def _memory_size(value: str) -> int:
+    """'512MB' -> bytes; the units supervisor's memmon understands (KB, MB, GB)."""
+    match = re.fullmatch(r"([0-9]+)(KB|MB|GB)", value)
+    if not match or int(match[1]) == 0:
+        raise ValueError("must be a size such as 512MB (units KB, MB or GB)")
+    return int(match[1]) * {"KB": 1024, "MB": 1024**2, "GB": 1024**3}[match[2]]
+
+
+def _text(value: str) -> str:
+    return value
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    parse: Callable[[str], object]
+    help: str
+    default: str | None = None  # None: required
+    generate: bool = False  # a fresh random secret is written into each new .env
+    in_env_file: bool = True  # False: set by compose.yaml / the overlays, not by the operator
+
+
+VARIABLES = [
+    # Secrets: generated per install, never a default.
+    Variable("SECRET_KEY", _secret, "Django's secret key", generate=True),
+    Variable("MARIADB_ROOT_PASSWORD", _secret, "MariaDB root password", generate=True),
+    Variable("MARIADB_PASSWORD", _secret, "password of the application's MariaDB user", generate=True),
+    Variable("REDIS_PASSWORD", _secret, "Redis password (broker, cache, QueueOnce locks)", generate=True),
+    # The site.
+    Variable("SITE_URL", _site_url, "public URL of the site, no trailing slash", "http://localhost:8000"),
+    Variable("SITE_NAME", _text, "name shown in page titles", "Alliance Auth"),
+    Variable("WEB_BIND_ADDRESS", _ip_address, "host address the web port is published on", "127.0.0.1"),
+    Variable("WEB_PORT", _integer(1, 65535), "host port of the web app", "8000"),
+    Variable("MARIADB_DATABASE", _identifier, "database name", "alliance_auth"),
+    Variable("MARIADB_USER", _identifier, "application's database user", "allianceauth"),
+    # EVE Online SSO (https://developers.eveonline.com); empty until you register an application.
+    Variable("ESI_SSO_CLIENT_ID", _text, "EVE SSO client id", ""),
+    Variable("ESI_SSO_CLIENT_SECRET", _text, "EVE SSO client secret", ""),
+    Variable("ESI_USER_CONTACT_EMAIL", _email, "contact CCP can reach (empty: admin@<site host>)", ""),
+    Variable("SCHEDULE_OUTBOUND_TASKS", _boolean, "false: beat skips Alliance Auth's periodic tasks that call out (ESI, GitLab, analytics)", "true"),
+    # Outgoing e-mail.
+    Variable("EMAIL_HOST", _text, "SMTP server (empty: no e-mail is sent)", ""),
+    Variable("EMAIL_PORT", _integer(1, 65535), "SMTP port", "587"),
+    Variable("EMAIL_HOST_USER", _text, "SMTP user", ""),
+    Variable("EMAIL_HOST_PASSWORD", _text, "SMTP password", ""),
+    Variable("EMAIL_USE_TLS", _boolean, "use STARTTLS", "true"),
+    Variable("DEFAULT_FROM_EMAIL", _email, "sender address, e.g. noreply@example.com", ""),
+    # Sizes: compose.yaml and the overlays set these in the containers.
+    Variable("GUNICORN_WORKERS", _integer(1, 64), "gunicorn worker processes", in_env_file=False),
+    Variable("WORKER_PROGRAMS", _integer(1, 32), "gevent worker programs (supervisord numprocs)", in_env_file=False),
+    Variable("WORKER_CONCURRENCY", _integer(1, 1000), "greenlets per gevent worker program", in_env_file=False),
+    Variable("WORKER_MEMORY_LIMIT", _memory_size, "memmon restarts a worker program above this RSS", in_env_file=False),
+    Variable("WORKER_STOP_WAIT_SECONDS", _integer(1, 86400), "supervisord stopwaitsecs: warm shutdown allowance", in_env_file=False),
+    Variable("MEMMON_TICK", _one_of("5", "60", "3600"), "seconds between memmon's checks (supervisord's TICK events)", in_env_file=False),
+    Variable("TASK_TIME_LIMIT", _integer(1, 86400), "hard time limit of a task, seconds", in_env_file=False),
+]
+BY_NAME = {variable.name: variable for variable in VARIABLES}
+
+
+def validate(values: Mapping[str, str], names) -> dict:
+    """Parse `names` from `values`; raise ConfigurationError naming every bad variable."""
+    parsed, problems = {}, []
+    for name in names:
+        variable = BY_NAME[name]
+        raw = values.get(name)
+        if raw in (None, "") and variable.default is None:
+            problems.append(f"{name} is missing ({variable.help}).")
+            continue
+        try:
+            parsed[name] = variable.parse(variable.default if raw in (None, "") else raw)
+        except ValueError as error:
+            problems.append(f"{name}={raw!r} is not valid: {name} {error}.")
+    if problems:
+        raise ConfigurationError("\n".join(problems))
+    return parsed
+
+
+def read(name: str):
+    """One variable from this process's environment, parsed; used by the Django settings."""
+    return validate(os.environ, [name])[name]
+
+
+def read_env_file(path: str) -> dict:
+    values = {}
+    with open(path, encoding="utf-8") as env_file:
+        for number, line in enumerate(env_file, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, equals, value = line.partition("=")
+            if not equals or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+                raise ConfigurationError(f"{path} line {number} is not NAME=value: {line!r}")
+            values[name] = value
+    return values
+
+
+def check_env_file(path: str) -> dict:
+    values = read_env_file(path)
+    unknown = sorted(set(values) - set(BY_NAME) - {"COMPOSE_FILE", "COMPOSE_PROJECT_NAME"})
+    if unknown:
+        raise ConfigurationError(f"{path} sets unknown variables: {', '.join(unknown)} (see .env.example).")
+    return validate(values, [v.name for v in VARIABLES if v.in_env_file])
+
+
+def generate_env_file() -> str:
+    lines = ["# Generated by scripts/up on first run. Never commit this file; see .env.example."]
+    for variable in VARIABLES:
+        if variable.in_env_file:
+            value = secrets.token_urlsafe(48) if variable.generate else variable.default
+            lines.append(f"{variable.name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def example_env_file() -> str:
+    lines = [
+        "# Every variable the operator sets. scripts/up writes .env from this table with fresh",
+        "# random secrets on first run; secrets have no default and are never committed.",
+    ]
+    for variable in VARIABLES:
+        if variable.in_env_file:
+            lines.append(f"\n# {variable.help}{' (required, generated)' if variable.generate else ''}")
+            lines.append(f"{variable.name}={'' if variable.generate else variable.default}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv) -> int:
+    command, path = (argv + [None, None])[:2]
+    try:
+        if command == "generate" and path:
+            with open(path, "x", encoding="utf-8") as env_file:
+                env_file.write(generate_env_file())
+            os.chmod(path, 0o600)
+        elif command == "check" and path:
+            check_env_file(path)
+        elif command == "check":
+            present = [name for name in BY_NAME if name in os.environ]
+            validate(os.environ, present)
+        elif command == "example":
+            sys.stdout.write(example_env_file())
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except ConfigurationError as error:
+        where = f" in {path}" if path else ""
+        print(f"Configuration error{where}:\n{error}", file=sys.stderr)
+        return 1
+    except FileExistsError:
+        print(f"{path} exists already; not overwritten.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
