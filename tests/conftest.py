@@ -1,10 +1,13 @@
 """Shared fixtures: one real stack, built from this checkout and started once per session.
 
-The stack runs as its own compose project (myauth-test) with its own generated .env, a free
-web port and no outbound periodic tasks, so it never touches an operator's stack or data and
-never calls out of this machine. It is torn down with its volumes at the end.
+The stack runs as its own compose project (myauth-test) with its own generated .env (small
+overlay, the optional prefork worker enabled), a free web port and no outbound periodic tasks,
+so it never touches an operator's stack or data and never calls out of this machine. It is
+torn down with its volumes at the end.
 """
 
+import importlib.machinery
+import importlib.util
 import os
 import socket
 import subprocess
@@ -21,6 +24,17 @@ sys.path.insert(0, str(ROOT / "myauth" / "myauth"))
 import environment  # noqa: E402  (myauth/myauth/environment.py: stdlib only)
 
 PROJECT = "myauth-test"
+
+
+def load_script(name: str):
+    """Import one of scripts/ (Python files without a .py suffix) as a module."""
+    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(ROOT / "scripts" / name))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+check_sizing = load_script("check-sizing")
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # its image cannot be pulled here
 
 
@@ -30,18 +44,39 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def env_file(tmp_path_factory) -> Path:
-    """A fresh .env for the test project, written by the same generator operators use."""
-    path = tmp_path_factory.mktemp("stack") / "test.env"
+def write_env_file(path: Path, project: str, overlay: str = "small") -> Path:
+    """A fresh .env for a test project, written by the same generator operators use."""
     environment.main(["generate", str(path)])
     port = free_port()
-    with path.open("a") as env:
-        env.write(
-            f"COMPOSE_PROJECT_NAME={PROJECT}\nWEB_PORT={port}\nSITE_URL=http://localhost:{port}\n"
-            "SCHEDULE_OUTBOUND_TASKS=false\n"
-        )
+    settings = {
+        "COMPOSE_PROJECT_NAME": project,
+        "COMPOSE_FILE": f"compose.yaml:config/overlays/{overlay}.yaml",
+        "COMPOSE_PROFILES": "cpu",
+        "WEB_PORT": str(port),
+        "SITE_URL": f"http://localhost:{port}",
+        "SCHEDULE_OUTBOUND_TASKS": "false",
+    }
+    kept = [line for line in path.read_text().splitlines() if line.split("=")[0] not in settings]
+    path.write_text("\n".join(kept + [f"{name}={value}" for name, value in settings.items()]) + "\n")
     return path
+
+
+def start_stack(env_file: Path) -> DockerCompose:
+    """`docker compose up --wait` with this env file; on failure, fail with every service's log."""
+    compose = DockerCompose(ROOT, env_file=str(env_file), wait=True)
+    try:
+        compose.start()
+    except subprocess.CalledProcessError as error:
+        logs = subprocess.run([*compose.docker_compose_command(), "logs", "--no-color"],
+                              capture_output=True, text=True).stdout
+        compose.stop()
+        pytest.fail(f"the stack did not become healthy: {error.stderr!r}\n{logs[-20000:]}")
+    return compose
+
+
+@pytest.fixture(scope="session")
+def env_file(tmp_path_factory) -> Path:
+    return write_env_file(tmp_path_factory.mktemp("stack") / "test.env", PROJECT)
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +91,7 @@ def built_images(env_file) -> None:
 
 @pytest.fixture(scope="session")
 def stack(built_images, env_file):
-    compose = DockerCompose(ROOT, compose_file_name="compose.yaml", env_file=str(env_file), wait=True)
-    try:
-        compose.start()
-    except subprocess.CalledProcessError as error:
-        logs = subprocess.run([*compose.docker_compose_command(), "logs", "--no-color"],
-                              capture_output=True, text=True).stdout
-        compose.stop()
-        pytest.fail(f"the stack did not become healthy: {error.stderr!r}\n{logs[-20000:]}")
+    compose = start_stack(env_file)
     yield compose
     compose.stop()
 

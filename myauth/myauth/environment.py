@@ -96,6 +96,20 @@ def _memory_size(value: str) -> int:
     return int(match[1]) * {"KB": 1024, "MB": 1024**2, "GB": 1024**3}[match[2]]
 
 
+def _compose_files(value: str) -> str:
+    files = value.split(":")
+    if files[0] != "compose.yaml" or len(files) < 2 or not all(f.endswith((".yaml", ".yml")) for f in files):
+        raise ValueError("must be compose.yaml followed by an overlay, e.g. compose.yaml:config/overlays/small.yaml")
+    return value
+
+
+def _profiles(value: str) -> str:
+    unknown = set(filter(None, value.split(","))) - {"cpu"}
+    if unknown:
+        raise ValueError(f"may list only the profile cpu (unknown: {', '.join(sorted(unknown))})")
+    return value
+
+
 def _text(value: str) -> str:
     return value
 
@@ -111,6 +125,9 @@ class Variable:
 
 
 VARIABLES = [
+    # What runs: the overlay for the host size, and optional services.
+    Variable("COMPOSE_FILE", _compose_files, "compose.yaml plus the overlay for your host: small, medium or large", "compose.yaml:config/overlays/small.yaml"),
+    Variable("COMPOSE_PROFILES", _profiles, "cpu: also run worker-cpu, the prefork worker for CPU-bound tasks", ""),
     # Secrets: generated per install, never a default.
     Variable("SECRET_KEY", _secret, "Django's secret key", generate=True),
     Variable("MARIADB_ROOT_PASSWORD", _secret, "MariaDB root password", generate=True),
@@ -139,9 +156,13 @@ VARIABLES = [
     Variable("GUNICORN_WORKERS", _integer(1, 64), "gunicorn worker processes", in_env_file=False),
     Variable("WORKER_PROGRAMS", _integer(1, 32), "gevent worker programs (supervisord numprocs)", in_env_file=False),
     Variable("WORKER_CONCURRENCY", _integer(1, 1000), "greenlets per gevent worker program", in_env_file=False),
-    Variable("WORKER_MEMORY_LIMIT", _memory_size, "memmon restarts a worker program above this RSS", in_env_file=False),
+    Variable("WORKER_MEMORY_LIMIT", _memory_size, "memmon restarts a gevent worker process above this RSS", in_env_file=False),
+    Variable("SERVICES_WORKER_MEMORY_LIMIT", _memory_size, "memmon restarts the services worker above this RSS", in_env_file=False),
     Variable("WORKER_STOP_WAIT_SECONDS", _integer(1, 86400), "supervisord stopwaitsecs: warm shutdown allowance", in_env_file=False),
     Variable("MEMMON_TICK", _one_of("5", "60", "3600"), "seconds between memmon's checks (supervisord's TICK events)", in_env_file=False),
+    Variable("PREFORK_CONCURRENCY", _integer(1, 256), "processes of the prefork worker (worker-cpu)", in_env_file=False),
+    Variable("PREFORK_MAX_MEMORY_PER_CHILD", _integer(1024, 64 * 1024**2), "KiB; a prefork child past it is replaced after its task", in_env_file=False),
+    Variable("PREFORK_MAX_TASKS_PER_CHILD", _integer(1, 1_000_000), "tasks a prefork child runs before it is replaced", in_env_file=False),
     Variable("TASK_TIME_LIMIT", _integer(1, 86400), "hard time limit of a task, seconds", in_env_file=False),
 ]
 BY_NAME = {variable.name: variable for variable in VARIABLES}
