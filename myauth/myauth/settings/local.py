@@ -59,6 +59,9 @@ if not read("SCHEDULE_OUTBOUND_TASKS"):
         name: entry for name, entry in CELERYBEAT_SCHEDULE.items()  # noqa: F405
         if name == "esi_cleanup_callbackredirect"
     }
+# Beat writes each entry's last run to the database right after sending it (Celery's default
+# is every 3 minutes), so a beat killed and restarted never runs the same slot twice.
+CELERYBEAT_SYNC_EVERY = 1
 # A task past this is killed, so a warm shutdown always ends before supervisord's stopwaitsecs.
 CELERYD_TASK_TIME_LIMIT = read("TASK_TIME_LIMIT")
 
@@ -79,6 +82,15 @@ DEFAULT_FROM_EMAIL = read("DEFAULT_FROM_EMAIL")
 for _handler in ("log_file", "extension_file", "mumble_authenticator_file"):
     LOGGING["handlers"][_handler] = {"class": "logging.NullHandler"}  # noqa: F405
 LOGGING["handlers"]["console"]["level"] = "INFO"  # noqa: F405
+
+# Tasks that prove the stack's behaviour (tests, load test); off in production.
+if read("DIAGNOSTICS_ENABLED"):
+    INSTALLED_APPS += ["diagnostics"]  # noqa: F405
+    CELERYBEAT_SCHEDULE["diagnostics_every_minute"] = {  # noqa: F405
+        "task": "diagnostics.mark",
+        "schedule": crontab(minute="*"),  # noqa: F405
+        "args": ["beat"],
+    }
 
 #######################################
 # Add any custom settings below here. #

@@ -1,0 +1,77 @@
+"""Diagnostic tasks. Each records what it did in Redis (db 1, keys diagnostics:*), so a test can
+read which tasks ran, in what order, where and for how long, from the tasks themselves."""
+
+import json
+import os
+import socket
+import time
+
+from celery import current_task, shared_task
+
+from allianceauth.services.tasks import QueueOnce
+from allianceauth.utils.cache import get_redis_client
+
+EVENTS = "diagnostics:events"
+_held_memory = []  # what hold_memory keeps alive until the process restarts
+
+
+def record(label: str, event: str) -> None:
+    request = current_task.request
+    get_redis_client().rpush(EVENTS, json.dumps({
+        "label": label,
+        "event": event,
+        "time": time.time(),
+        "task_id": request.id,
+        "priority": (request.delivery_info or {}).get("priority"),
+        "node": request.hostname,
+        "container": socket.gethostname(),
+        "pid": os.getpid(),
+    }))
+
+
+@shared_task(name="diagnostics.mark")
+def mark(label: str) -> None:
+    """Records that it ran, nothing else."""
+    record(label, "start")
+    record(label, "end")
+
+
+@shared_task(name="diagnostics.sleep")
+def sleep(label: str, seconds: float) -> None:
+    """Waits like an I/O call: cooperative under gevent (time.sleep is patched), so other tasks run."""
+    record(label, "start")
+    time.sleep(seconds)
+    record(label, "end")
+
+
+@shared_task(name="diagnostics.burn_cpu")
+def burn_cpu(label: str, seconds: float) -> int:
+    """Busy-loops for `seconds` of wall time (a CPU-bound task; blocks a gevent worker's hub)."""
+    record(label, "start")
+    deadline, count = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        count += 1
+    record(label, "end")
+    return count
+
+
+@shared_task(name="diagnostics.hold_memory")
+def hold_memory(label: str, mib: int) -> None:
+    """Grows the process by `mib` MiB and keeps it, like a leak, until the process restarts."""
+    record(label, "start")
+    block = bytearray(mib * 1024 * 1024)
+    for offset in range(0, len(block), 4096):  # touch every page, so it counts in RSS
+        block[offset] = 1
+    _held_memory.append(block)
+    record(label, "end")
+
+
+@shared_task(name="diagnostics.once", base=QueueOnce)
+def once(label: str, seconds: float = 0, fail: bool = False) -> None:
+    """Alliance Auth's QueueOnce: a second enqueue with the same arguments while one is queued or
+    running returns None instead of queuing (graceful)."""
+    record(label, "start")
+    time.sleep(seconds)
+    if fail:
+        raise RuntimeError(f"{label} failed on purpose")
+    record(label, "end")

@@ -1,0 +1,109 @@
+"""Drive the diagnostics tasks on a running test stack and read back what they recorded.
+
+Tasks are enqueued from the web container, the way a view would; each task records its start
+and end (time, node, pid, priority) in Redis, and the tests read those records, supervisord's
+state and the containers' logs.
+"""
+
+import json
+import subprocess
+import time
+
+from tests.conftest import run_in
+
+ENQUEUE = """
+import json, os
+import diagnostics.tasks
+from celery import current_app
+ids = []
+for name, args, options in json.loads(os.environ["CALLS"]):
+    result = current_app.tasks[name].apply_async(args=args, **options)
+    ids.append(result.id if result is not None else None)
+print(json.dumps(ids))
+"""
+SUPERVISORCTL = ("supervisorctl", "-c", "/etc/supervisor/supervisord.conf")
+PRIORITY_QUEUE_SEPARATOR = "\x06\x16"  # kombu's Redis key for priority p>0: "celery\x06\x16<p>"
+
+
+class Diagnostics:
+    def __init__(self, stack):
+        self.stack = stack
+
+    def compose(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.stack.docker_compose_command(), *args], capture_output=True, text=True, check=True)
+
+    def enqueue(self, calls: list) -> list:
+        """[(task name, args, apply_async options), ...] -> task ids (None where QueueOnce declined)."""
+        result = subprocess.run(
+            [*self.stack.docker_compose_command(), "exec", "-T", "-e", f"CALLS={json.dumps(calls)}", "web",
+             "python3", "manage.py", "shell", "-c", ENQUEUE],
+            capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def redis(self, *command: str) -> str:
+        return run_in(self.stack, "redis", "redis-cli", "--raw", *command)
+
+    def reset(self) -> None:
+        """Forget earlier tests' records; make sure no task is left queued."""
+        assert self.queued() == 0, "tasks are still queued from an earlier test"
+        self.redis("-n", "1", "del", "diagnostics:events")
+
+    def events(self) -> list:
+        lines = self.redis("-n", "1", "lrange", "diagnostics:events", "0", "-1").splitlines()
+        return sorted((json.loads(line) for line in lines if line), key=lambda e: e["time"])
+
+    def started(self, prefix: str = "") -> list:
+        return [e for e in self.events() if e["event"] == "start" and e["label"].startswith(prefix)]
+
+    def ended_labels(self) -> set:
+        return {e["label"] for e in self.events() if e["event"] == "end"}
+
+    def wait_for(self, condition, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+            time.sleep(0.5)
+
+    def wait_until_ended(self, labels, timeout: float = 120) -> list:
+        labels = set(labels)
+        self.wait_for(lambda: labels <= self.ended_labels(), timeout,
+                      f"{len(labels)} tasks to end ({len(labels - self.ended_labels())} still missing)")
+        return self.events()
+
+    def queue_lengths(self, queue: str = "celery") -> dict:
+        """Messages waiting per priority bucket (0 is kombu's unsuffixed key)."""
+        return {p: int(self.redis("llen", queue if p == 0 else f"{queue}{PRIORITY_QUEUE_SEPARATOR}{p}"))
+                for p in range(10)}
+
+    def queued(self) -> int:
+        return sum(sum(self.queue_lengths(q).values()) for q in ("celery", "cpu"))
+
+    def supervisor(self, *args: str) -> str:
+        result = subprocess.run([*self.stack.docker_compose_command(), "exec", "-T", "worker", *SUPERVISORCTL, *args],
+                                capture_output=True, text=True)
+        return result.stdout
+
+    def supervisor_pids(self) -> dict:
+        """{process name: pid} of every RUNNING supervisord process."""
+        pids = {}
+        for line in self.supervisor("status").splitlines():
+            name, state, *rest = line.split()
+            if state == "RUNNING":
+                pids[name] = int(rest[1].rstrip(","))
+        return pids
+
+    def container_state(self, service: str) -> dict:
+        container_id = self.compose("ps", "--all", "--quiet", service).stdout.strip()
+        inspect = subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, check=True)
+        return json.loads(inspect.stdout)[0]["State"]
+
+    def wait_healthy(self, service: str, timeout: float = 120) -> None:
+        self.wait_for(lambda: self.container_state(service).get("Health", {}).get("Status") == "healthy",
+                      timeout, f"{service} to be healthy")
+
+    def logs(self, service: str) -> str:
+        return self.compose("logs", "--no-color", service).stdout

@@ -1,0 +1,216 @@
+"""The stack's Celery promises, proven on the running test stack (small overlay).
+
+Each test starts from no queued task and clears the diagnostics records; tests that stop or
+kill a container wait until it is healthy again before they finish.
+"""
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.conftest import check_sizing
+from tests.integration.diagnostics import Diagnostics
+
+
+@pytest.fixture(scope="module")
+def sizes(env_file) -> dict:
+    services = check_sizing.compose_model(["--env-file", str(env_file)])["services"]
+    return {**services["worker"]["environment"], **services["worker-cpu"]["environment"]}
+
+
+@pytest.fixture
+def diag(stack):
+    diagnostics = Diagnostics(stack)
+    diagnostics.reset()
+    return diagnostics
+
+
+def labels(events, prefix):
+    return [e["label"] for e in events if e["event"] == "start" and e["label"].startswith(prefix)]
+
+
+def test_priorities_a_backlog_queued_while_the_worker_is_stopped_runs_high_then_default_then_low(diag):
+    diag.supervisor("stop", "worker:*")
+    try:
+        low = [("diagnostics.sleep", [f"low-{i:02d}", 0.2], {"priority": 7 + i % 3}) for i in range(40)]
+        high = [("diagnostics.sleep", [f"high-{i:02d}", 0.2], {"priority": 1 + i % 3}) for i in range(10)]
+        default = [("diagnostics.sleep", [f"default-{i:02d}", 0.2], {}) for i in range(10)]
+        diag.enqueue(low + high + default)
+        buckets = diag.queue_lengths()
+        # A task sent with no priority waits in Alliance Auth's default bucket 5, not the top one.
+        assert buckets[0] == 0 and buckets[5] == 10, buckets
+        assert sum(buckets[p] for p in (1, 2, 3)) == 10 and sum(buckets[p] for p in (7, 8, 9)) == 40
+    finally:
+        diag.supervisor("start", "worker:*")
+
+    events = diag.wait_until_ended([c[1][0] for c in low + high + default])
+    order = [label.split("-")[0] for label in labels(events, "")]
+    # Everything was queued before the worker consumed anything, so its prefetch holds the
+    # highest buckets only: no low task may start before the last high or default one.
+    assert order == ["high"] * 10 + ["default"] * 10 + ["low"] * 40, order
+    assert {e["priority"] for e in events if e["label"].startswith("default")} == {5}
+
+
+def test_priorities_while_busy_only_the_prefetch_window_of_low_tasks_starts_before_high_ones(diag, sizes):
+    concurrency = int(sizes["WORKER_CONCURRENCY"])
+    busy = [("diagnostics.sleep", [f"busy-{i:02d}", 10], {"priority": 5}) for i in range(concurrency)]
+    diag.enqueue(busy)
+    diag.wait_for(lambda: len(diag.started("busy")) == concurrency, 30, "every slot to be busy")
+    low = [("diagnostics.mark", [f"low-{i:02d}"], {"priority": 8}) for i in range(60)]
+    high = [("diagnostics.mark", [f"high-{i:02d}"], {"priority": 2}) for i in range(10)]
+    diag.enqueue(low + high)
+    assert not {e["label"] for e in diag.events() if e["event"] == "end"}, "slots freed before the highs were queued"
+
+    events = diag.wait_until_ended([c[1][0] for c in busy + low + high])
+    order = labels(events, "low") + labels(events, "high")
+    order.sort(key=lambda label: next(e["time"] for e in events if e["label"] == label))
+    lows_first = next(i for i, label in enumerate(order) if label.startswith("high"))
+    # With worker_prefetch_multiplier 1 the worker reserves at most one message per slot
+    # (concurrency) while its slots are busy; only those reserved lows can start before the highs.
+    print(f"low-priority tasks that started before the first high one: {lows_first} (bound {concurrency})")
+    assert lows_first <= concurrency
+    assert all(label.startswith("high") for label in order[lows_first:lows_first + 10])
+
+
+def test_queue_once_declines_a_duplicate_gracefully_and_runs_it_once(diag):
+    first, duplicate, other = diag.enqueue([
+        ("diagnostics.once", ["same", 3], {}),
+        ("diagnostics.once", ["same", 3], {}),
+        ("diagnostics.once", ["other", 0], {}),
+    ])
+    assert first and other and duplicate is None
+    diag.wait_until_ended(["same", "other"])
+    assert [e["label"] for e in diag.started()].count("same") == 1
+
+    # Once it has finished, the same call can be queued again.
+    again, = diag.enqueue([("diagnostics.once", ["same", 0], {})])
+    assert again is not None
+    diag.wait_for(lambda: [e["label"] for e in diag.started()].count("same") == 2, 30, "the second run")
+
+
+def test_queue_once_lock_is_released_when_the_task_fails(diag):
+    failing, = diag.enqueue([("diagnostics.once", ["fails", 0, True], {})])
+    diag.wait_for(lambda: diag.started("fails"), 30, "the failing task to start")
+    diag.wait_for(lambda: f"diagnostics.once[{failing}] raised unexpected" in diag.logs("worker"), 30, "the failure")
+    retry, = diag.enqueue([("diagnostics.once", ["fails", 0, False], {})])
+    assert retry is not None
+    diag.wait_until_ended(["fails"])
+
+
+def crash(diag, service):
+    """SIGKILL the container's PID 1 from the host, as the kernel's OOM killer would. (`docker kill`
+    is not a crash to Docker: it counts as a manual stop and no restart policy applies.)"""
+    os.kill(diag.container_state(service)["Pid"], signal.SIGKILL)
+
+
+def test_queue_once_lock_survives_a_killed_worker_until_it_expires_or_is_cleared(diag):
+    call = ("diagnostics.once", ["killed", 20], {})
+    diag.enqueue([call])
+    diag.wait_for(lambda: diag.started("killed"), 30, "the task to start")
+    started_at = diag.container_state("worker")["StartedAt"]
+    crash(diag, "worker")
+    diag.wait_for(lambda: diag.container_state("worker")["Restarting"] or diag.container_state("worker")["StartedAt"] != started_at,
+                  30, "docker to restart the worker")
+    diag.wait_healthy("worker")
+
+    # The lock was taken at enqueue time in Redis and nothing released it: a duplicate is still
+    # declined until the lock's timeout (celery_once's default, 1 h) or until it is cleared.
+    duplicate, = diag.enqueue([call])
+    assert duplicate is None
+    lock_keys = diag.redis("-n", "1", "--scan", "--pattern", "*qo_diagnostics.once*killed*").split()
+    assert len(lock_keys) == 1 and 0 < int(diag.redis("-n", "1", "ttl", lock_keys[0])) <= 3600
+
+    diag.compose("exec", "-T", "web", "python3", "manage.py", "shell", "-c",
+                 "from django.core.cache import cache; cache.delete_pattern('qo_*')")  # README's command
+    again, = diag.enqueue([call])
+    assert again is not None
+    diag.wait_until_ended(["killed"])
+
+
+def test_memmon_restarts_only_the_worker_over_its_limit_after_its_tasks_finish(diag, sizes):
+    limit_mib = check_sizing.size(sizes["WORKER_MEMORY_LIMIT"].lower()) // 2**20
+    before = diag.supervisor_pids()
+    diag.enqueue([("diagnostics.sleep", ["running", 12], {})])
+    diag.wait_for(lambda: diag.started("running"), 30, "the long task to start")
+    diag.enqueue([("diagnostics.hold_memory", ["grow", limit_mib], {})])
+    diag.wait_for(lambda: "grow" in diag.ended_labels(), 30, "the memory to grow")
+    queued = [("diagnostics.mark", [f"queued-{i:02d}"], {}) for i in range(30)]
+    diag.enqueue(queued)
+
+    after = diag.wait_for(lambda: (p := diag.supervisor_pids()).get("worker:worker_00", 0) not in (0, before["worker:worker_00"]) and p,
+                          90, "memmon to restart worker_00")
+    assert after["worker_services:worker_services_00"] == before["worker_services:worker_services_00"]
+    assert after["memmon"] == before["memmon"]
+    assert "Restarting worker:worker_00" in diag.logs("worker")
+
+    events = diag.wait_until_ended(["running"] + [c[1][0] for c in queued])
+    running = [e for e in events if e["label"] == "running"]
+    assert {e["pid"] for e in running} == {before["worker:worker_00"]}, "the running task ended on the old process"
+    assert all(len(labels(events, c[1][0])) == 1 for c in queued)
+    diag.wait_healthy("worker")
+
+
+def test_prefork_child_over_max_memory_per_child_is_replaced_after_its_task(diag, sizes):
+    limit_mib = int(sizes["PREFORK_MAX_MEMORY_PER_CHILD"]) // 1024
+    diag.enqueue([("diagnostics.hold_memory", ["grow", limit_mib + 32], {"queue": "cpu"})])
+    events = diag.wait_until_ended(["grow"], 60)
+    grown_pid = next(e["pid"] for e in events if e["label"] == "grow")
+
+    def children():
+        stats = subprocess.run([*diag.stack.docker_compose_command(), "exec", "-T", "worker-cpu", "celery", "-A",
+                                "myauth", "inspect", "stats", "--json", "--timeout", "10"],
+                               capture_output=True, text=True).stdout
+        nodes = json.loads(stats) if stats.strip() else {}
+        return next((s["pool"]["processes"] for node, s in nodes.items() if node.startswith("cpu@")), [])
+
+    replaced = diag.wait_for(lambda: (c := children()) and grown_pid not in c and len(c) == int(sizes["PREFORK_CONCURRENCY"]) and c,
+                             60, "the grown child to be replaced")
+    assert grown_pid not in replaced
+    later = [("diagnostics.mark", [f"after-{i}"], {"queue": "cpu"}) for i in range(4)]
+    diag.enqueue(later)
+    events = diag.wait_until_ended([c[1][0] for c in later], 60)
+    assert grown_pid not in {e["pid"] for e in events if e["label"].startswith("after")}
+
+
+@pytest.mark.parametrize("how", [("stop",), ("restart",)])
+def test_graceful_shutdown_finishes_running_tasks_and_keeps_queued_ones(diag, sizes, how):
+    concurrency = int(sizes["WORKER_CONCURRENCY"])
+    running = [("diagnostics.sleep", [f"running-{i:02d}", 6], {}) for i in range(concurrency)]
+    waiting = [("diagnostics.mark", [f"waiting-{i:02d}"], {}) for i in range(40)]
+    diag.enqueue(running)
+    diag.wait_for(lambda: len(diag.started("running")) == concurrency, 30, "every slot to be busy")
+    diag.enqueue(waiting)
+
+    diag.compose(*how, "worker")
+    running_labels = {c[1][0] for c in running}
+    assert running_labels <= diag.ended_labels(), "a running task did not finish before the worker stopped"
+    if how == ("stop",):
+        assert diag.container_state("worker")["ExitCode"] == 0
+        diag.compose("start", "worker")
+
+    events = diag.wait_until_ended(running_labels | {c[1][0] for c in waiting})
+    starts = labels(events, "running") + labels(events, "waiting")
+    assert sorted(starts) == sorted(running_labels | {c[1][0] for c in waiting}), "a task ran twice or never"
+    diag.wait_healthy("worker")
+
+
+def test_beat_fires_on_time_and_a_killed_beat_does_not_rerun_the_slot(diag):
+    def runs():
+        return [e for e in diag.events() if e["label"] == "beat" and e["event"] == "start"]
+
+    first = diag.wait_for(runs, 75, "beat's every-minute entry to run")[0]
+    slot = int(first["time"] // 60)
+    assert first["time"] - slot * 60 < 10, f"ran {first['time'] - slot * 60:.1f} s after its minute began"
+
+    started_at = diag.container_state("beat")["StartedAt"]
+    crash(diag, "beat")
+    diag.wait_for(lambda: diag.container_state("beat")["StartedAt"] != started_at, 30, "docker to restart beat")
+    diag.wait_healthy("beat")
+    diag.wait_for(lambda: any(int(e["time"] // 60) > slot for e in runs()), 90, "the next minute's run")
+    per_slot = {}
+    for event in runs():
+        per_slot[int(event["time"] // 60)] = per_slot.get(int(event["time"] // 60), 0) + 1
+    assert set(per_slot.values()) == {1}, f"runs per minute: {per_slot}"
