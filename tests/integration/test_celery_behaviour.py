@@ -54,25 +54,35 @@ def test_priorities_a_backlog_queued_while_the_worker_is_stopped_runs_high_then_
     assert {e["priority"] for e in events if e["label"].startswith("default")} == {5}
 
 
-def test_priorities_while_busy_only_the_prefetch_window_of_low_tasks_starts_before_high_ones(diag, sizes):
-    concurrency = int(sizes["WORKER_CONCURRENCY"])
-    busy = [("diagnostics.sleep", [f"busy-{i:02d}", 10], {"priority": 5}) for i in range(concurrency)]
+# How many low-priority tasks can start before high-priority ones queued while every slot is
+# busy. gevent: one. Once all greenlets are busy the pool's spawn blocks the consumer, which so
+# holds a single message whatever the prefetch multiplier. prefork: the prefetch window,
+# worker_prefetch_multiplier (1) x processes, reserved while the running tasks (acked when they
+# started) no longer count against it.
+POOLS = {
+    "gevent": ("celery", "WORKER_CONCURRENCY", lambda slots: 1),
+    "prefork": ("cpu", "PREFORK_CONCURRENCY", lambda slots: slots),
+}
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_priorities_while_busy_only_the_reserved_low_tasks_start_before_high_ones(diag, sizes, pool):
+    queue, size, bound = POOLS[pool]
+    slots = int(sizes[size])
+    busy = [("diagnostics.sleep", [f"busy-{i:02d}", 10], {"priority": 5, "queue": queue}) for i in range(slots)]
     diag.enqueue(busy)
-    diag.wait_for(lambda: len(diag.started("busy")) == concurrency, 30, "every slot to be busy")
-    low = [("diagnostics.mark", [f"low-{i:02d}"], {"priority": 8}) for i in range(60)]
-    high = [("diagnostics.mark", [f"high-{i:02d}"], {"priority": 2}) for i in range(10)]
+    diag.wait_for(lambda: len(diag.started("busy")) == slots, 30, "every slot to be busy")
+    low = [("diagnostics.mark", [f"low-{i:02d}"], {"priority": 8, "queue": queue}) for i in range(30)]
+    high = [("diagnostics.mark", [f"high-{i:02d}"], {"priority": 2, "queue": queue}) for i in range(10)]
     diag.enqueue(low + high)
     assert not {e["label"] for e in diag.events() if e["event"] == "end"}, "slots freed before the highs were queued"
 
     events = diag.wait_until_ended([c[1][0] for c in busy + low + high])
-    order = labels(events, "low") + labels(events, "high")
-    order.sort(key=lambda label: next(e["time"] for e in events if e["label"] == label))
-    lows_first = next(i for i, label in enumerate(order) if label.startswith("high"))
-    # With worker_prefetch_multiplier 1 the worker reserves at most one message per slot
-    # (concurrency) while its slots are busy; only those reserved lows can start before the highs.
-    print(f"low-priority tasks that started before the first high one: {lows_first} (bound {concurrency})")
-    assert lows_first <= concurrency
-    assert all(label.startswith("high") for label in order[lows_first:lows_first + 10])
+    order = [label.split("-")[0] for label in labels(events, "") if label.split("-")[0] in ("low", "high")]
+    lows_first = order.index("high")
+    print(f"{pool}: {lows_first} low-priority task(s) started before the first high one (bound {bound(slots)})")
+    assert lows_first <= bound(slots)
+    assert order[lows_first:lows_first + 10] == ["high"] * 10
 
 
 def test_queue_once_declines_a_duplicate_gracefully_and_runs_it_once(diag):
@@ -178,7 +188,8 @@ def test_prefork_child_over_max_memory_per_child_is_replaced_after_its_task(diag
 @pytest.mark.parametrize("how", [("stop",), ("restart",)])
 def test_graceful_shutdown_finishes_running_tasks_and_keeps_queued_ones(diag, sizes, how):
     concurrency = int(sizes["WORKER_CONCURRENCY"])
-    running = [("diagnostics.sleep", [f"running-{i:02d}", 6], {}) for i in range(concurrency)]
+    # Long enough to outlast the stop by far: a shutdown that kills them cannot pass unnoticed.
+    running = [("diagnostics.sleep", [f"running-{i:02d}", 15], {}) for i in range(concurrency)]
     waiting = [("diagnostics.mark", [f"waiting-{i:02d}"], {}) for i in range(40)]
     diag.enqueue(running)
     diag.wait_for(lambda: len(diag.started("running")) == concurrency, 30, "every slot to be busy")
