@@ -11,3 +11,4 @@ worker_tmp_dir = "/dev/shm"
 max_requests = 1000
 max_requests_jitter = 100
 accesslog = "-"
+control_socket_disable = True  # unused; it would be written under $HOME, on a read-only filesystem

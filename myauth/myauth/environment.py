@@ -144,6 +144,7 @@ VARIABLES = [
     Variable("ESI_SSO_CLIENT_ID", _text, "EVE SSO client id", ""),
     Variable("ESI_SSO_CLIENT_SECRET", _text, "EVE SSO client secret", ""),
     Variable("ESI_USER_CONTACT_EMAIL", _email, "contact CCP can reach (empty: admin@<site host>)", ""),
+    # Behaviour switches.
     Variable("SCHEDULE_OUTBOUND_TASKS", _boolean, "false: beat skips Alliance Auth's periodic tasks that call out (ESI, GitLab, analytics)", "true"),
     Variable("DIAGNOSTICS_ENABLED", _boolean, "true: install the diagnostics tasks the tests and the load test use", "false"),
     # Outgoing e-mail.

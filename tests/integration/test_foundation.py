@@ -8,7 +8,7 @@ import requests
 
 from tests.conftest import ROOT, run_in, wait_for_log
 
-LONG_RUNNING = {"redis", "mariadb", "web", "worker", "beat"}
+LONG_RUNNING = {"redis", "mariadb", "web", "worker", "worker-cpu", "beat"}  # the test stack enables worker-cpu
 
 
 def test_every_long_running_service_is_healthy_and_migrate_succeeded(stack):
@@ -75,7 +75,8 @@ def test_only_the_web_port_is_published_and_only_on_loopback(stack, env):
 
 
 def test_every_process_runs_as_its_non_root_user(stack):
-    expected = {"web": "myauth", "worker": "myauth", "beat": "myauth", "redis": "redis", "mariadb": "mysql"}
+    expected = {"web": "myauth", "worker": "myauth", "worker-cpu": "myauth", "beat": "myauth",
+                "redis": "redis", "mariadb": "mysql"}
     for service, user in expected.items():
         # The owner of /proc/<pid> is the process's user; this works in images without ps.
         owners = set(run_in(stack, service, "sh", "-c", "stat -c %U /proc/[0-9]*").split())

@@ -1,0 +1,44 @@
+"""Security defaults, checked on the running test stack and on the built images."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import run_in
+
+SERVICES = ["redis", "mariadb", "web", "worker", "worker-cpu", "beat"]
+IMAGES = ["myauth-app:latest", "myauth-redis:latest", "myauth-mariadb:latest"]
+
+
+def host_config(stack, service):
+    container = next(c for c in stack.get_containers() if c.Service == service)
+    return json.loads(subprocess.run(["docker", "inspect", container.ID], capture_output=True, text=True,
+                                     check=True).stdout)[0]["HostConfig"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_runs_without_capabilities_or_privilege_escalation_on_a_read_only_root(stack, service):
+    config = host_config(stack, service)
+    assert config["CapDrop"] == ["ALL"] and not config["CapAdd"]
+    assert "no-new-privileges:true" in config["SecurityOpt"]
+    assert config["ReadonlyRootfs"] is True
+    result = subprocess.run([*stack.docker_compose_command(), "exec", "-T", service, "sh", "-c", "touch /etc/probe"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "Read-only file system" in result.stderr
+
+
+def test_redis_refuses_a_client_without_the_password_even_inside_the_network(stack):
+    probe = ("import socket; s = socket.create_connection(('redis', 6379), timeout=5); "
+             "s.sendall(b'PING\\r\\n'); print(s.recv(100).decode())")
+    assert run_in(stack, "web", "python3", "-c", probe).startswith("-NOAUTH")
+    wrong = run_in(stack, "redis", "sh", "-c", "REDISCLI_AUTH=wrong-password redis-cli ping 2>&1 || true")
+    assert "WRONGPASS" in wrong and "PONG" not in wrong
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_runtime_image_carries_no_compiler_or_build_tool(built_images, image):
+    tools = "gcc cc c++ g++ make ld as pkg-config"
+    result = subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c",
+                             f"for t in {tools}; do command -v $t; done; true"], capture_output=True, text=True)
+    assert result.stdout.strip() == "", f"{image} has: {result.stdout.split()}"
