@@ -84,8 +84,11 @@ class Diagnostics:
 
     def queued_tasks(self, queue: str = "celery") -> dict:
         """{priority bucket: [task name of each waiting message]}."""
-        return {p: [json.loads(m)["headers"]["task"] for m in self.redis("lrange", self.bucket_key(queue, p), "0", "-1").splitlines()]
-                for p in range(10)}
+        def tasks(priority):
+            messages = self.redis("lrange", self.bucket_key(queue, priority), "0", "-1").splitlines()
+            return [json.loads(m)["headers"]["task"] for m in messages if m]  # an empty list prints ""
+
+        return {p: tasks(p) for p in range(10)}
 
     def queued(self) -> int:
         return sum(sum(self.queue_lengths(q).values()) for q in ("celery", "cpu"))
