@@ -75,14 +75,17 @@ def test_priorities_while_busy_only_the_reserved_low_tasks_start_before_high_one
     low = [("diagnostics.mark", [f"low-{i:02d}"], {"priority": 8, "queue": queue}) for i in range(30)]
     high = [("diagnostics.mark", [f"high-{i:02d}"], {"priority": 2, "queue": queue}) for i in range(10)]
     diag.enqueue(low + high)
-    assert not {e["label"] for e in diag.events() if e["event"] == "end"}, "slots freed before the highs were queued"
+    assert not [label for label in diag.ended_labels() if label.startswith("busy")], "slots freed before the highs were queued"
 
     events = diag.wait_until_ended([c[1][0] for c in busy + low + high])
     order = [label.split("-")[0] for label in labels(events, "") if label.split("-")[0] in ("low", "high")]
     lows_first = order.index("high")
     print(f"{pool}: {lows_first} low-priority task(s) started before the first high one (bound {bound(slots)})")
     assert lows_first <= bound(slots)
-    assert order[lows_first:lows_first + 10] == ["high"] * 10
+    # The highs are fetched before any further low, but on a pool of several processes the last
+    # high and the next low start in parallel on different slots, in either order.
+    lows_before_last_high = order[:len(order) - order[::-1].index("high")].count("low")
+    assert lows_before_last_high <= bound(slots) + slots - 1, order
 
 
 def test_queue_once_declines_a_duplicate_gracefully_and_runs_it_once(diag):
