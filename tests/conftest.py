@@ -7,6 +7,7 @@ torn down with its volumes at the end.
 """
 
 import importlib.machinery
+import json
 import importlib.util
 import os
 import socket
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from testcontainers.compose import DockerCompose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +100,12 @@ def stack(built_images, env_file):
 @pytest.fixture(scope="session")
 def site(stack, env) -> str:
     return env["SITE_URL"]
+
+
+def inspect(container_id: str) -> dict:
+    """`docker inspect` of one container."""
+    result = subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)[0]
 
 
 def run_in(stack: DockerCompose, service: str, *command: str) -> str:

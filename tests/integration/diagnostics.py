@@ -9,7 +9,7 @@ import json
 import subprocess
 import time
 
-from tests.conftest import run_in
+from tests.conftest import inspect, run_in
 
 ENQUEUE = """
 import json, os
@@ -109,8 +109,7 @@ class Diagnostics:
 
     def container_state(self, service: str) -> dict:
         container_id = self.compose("ps", "--all", "--quiet", service).stdout.strip()
-        inspect = subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, check=True)
-        return json.loads(inspect.stdout)[0]["State"]
+        return inspect(container_id)["State"]
 
     def wait_healthy(self, service: str, timeout: float = 120) -> None:
         self.wait_for(lambda: self.container_state(service).get("Health", {}).get("Status") == "healthy",

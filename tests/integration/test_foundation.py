@@ -1,12 +1,10 @@
 """The foundation's promises, checked on the real stack built from this checkout."""
 
-import json
 import re
-import subprocess
 
 import requests
 
-from tests.conftest import ROOT, run_in, wait_for_log
+from tests.conftest import inspect, run_in, wait_for_log
 
 LONG_RUNNING = {"redis", "mariadb", "web", "worker", "worker-cpu", "beat"}  # the test stack enables worker-cpu
 
@@ -66,9 +64,7 @@ def test_task_sent_from_the_web_container_runs_on_the_worker(stack):
 def test_only_the_web_port_is_published_and_only_on_loopback(stack, env):
     published = {}
     for container in stack.get_containers():
-        ports = json.loads(subprocess.run(
-            ["docker", "inspect", "--format", "{{json .NetworkSettings.Ports}}", container.ID],
-            capture_output=True, text=True, check=True).stdout)
+        ports = inspect(container.ID)["NetworkSettings"]["Ports"]
         published[container.Service] = [b for bindings in ports.values() if bindings for b in bindings]
     assert {s for s, bindings in published.items() if bindings} == {"web"}
     assert {(b["HostIp"], b["HostPort"]) for b in published["web"]} == {("127.0.0.1", env["WEB_PORT"])}

@@ -7,11 +7,10 @@ file) and expects min(declared, CPUs here); memory limits and every concurrency 
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from tests.conftest import PROJECT, check_sizing, run_in, start_stack, write_env_file
+from tests.conftest import PROJECT, check_sizing, inspect, run_in, start_stack, write_env_file
 
 
 def declared(env_file) -> dict:
@@ -22,8 +21,7 @@ def assert_running_as_declared(stack, model):
     services = model["services"]
     cpus_here = os.cpu_count()
     for container in stack.get_containers():
-        inspected = json.loads(subprocess.run(["docker", "inspect", container.ID], capture_output=True,
-                                              text=True, check=True).stdout)[0]["HostConfig"]
+        inspected = inspect(container.ID)["HostConfig"]
         limits = services[container.Service]["deploy"]["resources"]["limits"]
         assert inspected["Memory"] == int(limits["memory"]), container.Service
         assert inspected["NanoCpus"] == round(min(float(limits["cpus"]), cpus_here) * 1e9), container.Service

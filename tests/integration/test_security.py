@@ -1,11 +1,10 @@
 """Security defaults, checked on the running test stack and on the built images."""
 
-import json
 import subprocess
 
 import pytest
 
-from tests.conftest import run_in
+from tests.conftest import inspect, run_in
 
 SERVICES = ["redis", "mariadb", "web", "worker", "worker-cpu", "beat"]
 IMAGES = ["myauth-app:latest", "myauth-redis:latest", "myauth-mariadb:latest"]
@@ -13,8 +12,7 @@ IMAGES = ["myauth-app:latest", "myauth-redis:latest", "myauth-mariadb:latest"]
 
 def host_config(stack, service):
     container = next(c for c in stack.get_containers() if c.Service == service)
-    return json.loads(subprocess.run(["docker", "inspect", container.ID], capture_output=True, text=True,
-                                     check=True).stdout)[0]["HostConfig"]
+    return inspect(container.ID)["HostConfig"]
 
 
 @pytest.mark.parametrize("service", SERVICES)
