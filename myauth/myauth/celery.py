@@ -8,11 +8,17 @@ os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'myauth.settings.local')
 
 from django.conf import settings  # noqa: E402
 
+from . import delivery  # noqa: E402
+
 app = Celery('myauth')
 
 # Automatically try to establish the connection to the AMQP broker on
 # Celery startup if it is unavailable.
 app.conf.broker_connection_retry_on_startup = True
+
+# Kombu's Redis transport, made to drop undecodable messages instead of crashing the worker,
+# and to refuse oversized ones at enqueue (broker.py).
+app.conf.broker_transport = "myauth.broker:Transport"
 
 # Set a hard task execution time of 5 minutes before celery will cold restart
 # There are used in a docker install and dont seem to be needed with Supervisor.

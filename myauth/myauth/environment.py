@@ -166,6 +166,7 @@ VARIABLES = [
     Variable("PREFORK_MAX_MEMORY_PER_CHILD", _integer(1024, 64 * 1024**2), "KiB; a prefork child past it is replaced after its task", in_env_file=False),
     Variable("PREFORK_MAX_TASKS_PER_CHILD", _integer(1, 1_000_000), "tasks a prefork child runs before it is replaced", in_env_file=False),
     Variable("TASK_TIME_LIMIT", _integer(1, 86400), "hard time limit of a task, seconds", in_env_file=False),
+    Variable("BROKER_VISIBILITY_TIMEOUT", _integer(1, 7 * 86400), "seconds after which Redis re-queues a task taken by a worker that never acknowledged it", in_env_file=False),
 ]
 BY_NAME = {variable.name: variable for variable in VARIABLES}
 

@@ -6,6 +6,8 @@ state and the containers' logs.
 """
 
 import json
+import os
+import signal
 import subprocess
 import time
 
@@ -45,8 +47,9 @@ class Diagnostics:
         return run_in(self.stack, "redis", "redis-cli", "--raw", *command)
 
     def reset(self) -> None:
-        """Wait until no task is queued (beat adds one a minute), then forget earlier records."""
-        self.wait_for(lambda: self.queued() == 0, 30, "the queues to drain")
+        """Wait until no task is queued or held by a worker (beat adds one a minute; a killed
+        worker's tasks are re-queued after the visibility timeout), then forget earlier records."""
+        self.wait_for(lambda: self.queued() == 0 and self.in_flight() == 0, 90, "the queues to drain")
         self.redis("-n", "1", "del", "diagnostics:events")
 
     def events(self) -> list:
@@ -93,6 +96,17 @@ class Diagnostics:
     def queued(self) -> int:
         return sum(sum(self.queue_lengths(q).values()) for q in ("celery", "cpu"))
 
+    def in_flight(self) -> int:
+        """Messages workers have taken and not yet acknowledged (kombu's unacked hash)."""
+        return int(self.redis("hlen", "unacked"))
+
+    def runs(self) -> dict:
+        """{label: how many times a task with it started}."""
+        counts = {}
+        for event in self.started():
+            counts[event["label"]] = counts.get(event["label"], 0) + 1
+        return counts
+
     def supervisor(self, *args: str) -> str:
         result = subprocess.run([*self.stack.docker_compose_command(), "exec", "-T", "worker", *SUPERVISORCTL, *args],
                                 capture_output=True, text=True)
@@ -117,3 +131,16 @@ class Diagnostics:
 
     def logs(self, service: str) -> str:
         return self.compose("logs", "--no-color", service).stdout
+
+    def crash(self, service: str) -> float:
+        """SIGKILL the container's PID 1 from the host, as the kernel's OOM killer would; return
+        when. (`docker kill` is not a crash to Docker: it counts as a manual stop, and no restart
+        policy brings the container back.)"""
+        os.kill(self.container_state(service)["Pid"], signal.SIGKILL)
+        return time.time()
+
+    def wait_restarted(self, service: str, started_at: str, timeout: float = 120) -> None:
+        """Wait until Docker has started the container again (a new StartedAt) and it is healthy."""
+        self.wait_for(lambda: self.container_state(service)["StartedAt"] != started_at, 60,
+                      f"docker to restart {service}")
+        self.wait_healthy(service, timeout)

@@ -63,6 +63,8 @@ def broken(small, service, path, value):
      "REDIS_MAXMEMORY 256 MiB is above 75% of the container's limit of 256 MiB"),
     ("worker", ["stop_grace_period"], "5m0s", "stopwaitsecs 330 s must be below docker's stop_grace_period 300 s"),
     ("worker", ["environment", "TASK_TIME_LIMIT"], "400", "stopwaitsecs 330 s must be at least TASK_TIME_LIMIT 400 s"),
+    ("worker", ["environment", "BROKER_VISIBILITY_TIMEOUT"], "300",
+     "BROKER_VISIBILITY_TIMEOUT 300 s must exceed TASK_TIME_LIMIT 300 s"),
     ("worker-cpu", ["stop_grace_period"], "4m0s", "worker-cpu: stop_grace_period 240 s must exceed TASK_TIME_LIMIT"),
     ("web", ["deploy"], {}, "no memory limit (deploy.resources.limits.memory) for: web"),
 ])

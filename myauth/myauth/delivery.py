@@ -1,0 +1,56 @@
+"""The stack's delivery policy: at least once (README, "Guarantees").
+
+- A task is acknowledged when it returns, also when it fails or times out (acks late), so a
+  worker killed mid-task leaves its message in Redis; a prefork child killed mid-task has its
+  task requeued.
+- Redis hands such a message to a worker again BROKER_VISIBILITY_TIMEOUT seconds after its
+  delivery. That must outlast the task time limit and every countdown/ETA, or tasks run twice.
+- A task that fails only because the database or Redis was unreachable (a restart, a
+  failover) is run again rather than failed.
+"""
+
+import redis
+from celery import signals
+from celery.exceptions import Reject
+from django import db
+
+from myauth.environment import read
+
+DATABASE_OUTAGE = (db.OperationalError, db.InterfaceError)
+DATABASE_OUTAGE_RETRIES = 10  # backoff 5, 10, 20, 40, then 60 s: about 7 minutes in all
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError (restarting) is one
+
+
+def apply(app) -> None:
+    app.conf.task_acks_late = True
+    app.conf.task_reject_on_worker_lost = True
+    app.conf.task_annotations = {"*": {"@__call__": run_again_after_outages}}
+    signals.celeryd_init.connect(redeliver_after_visibility_timeout, weak=False)
+
+
+def run_again_after_outages(call):
+    """Wraps every task's __call__."""
+    def call_or_run_again(task, *args, **kwargs):
+        try:
+            return call(task, *args, **kwargs)
+        except DATABASE_OUTAGE as error:
+            countdown = min(5 * 2 ** task.request.retries, 60)
+            raise task.retry(exc=error, countdown=countdown, max_retries=DATABASE_OUTAGE_RETRIES)
+        except REDIS_OUTAGE as error:
+            # Redis is the broker too, so no retry can be sent now: hand the message back. It is
+            # requeued once Redis answers again, or after the visibility timeout if the worker
+            # cannot tell Redis either.
+            raise Reject(error, requeue=True)
+    return call_or_run_again
+
+
+def redeliver_after_visibility_timeout(conf, **kwargs):
+    """celeryd_init: set as a worker starts, because only consumers use these options; the web
+    app's broker_transport_options stay exactly Alliance Auth's two priority keys, which its
+    check B003 requires. Workers sweep for messages past the visibility timeout every 10 s
+    (kombu's default throttle makes that every 100 s)."""
+    conf.broker_transport_options = {
+        **conf.broker_transport_options,
+        "visibility_timeout": read("BROKER_VISIBILITY_TIMEOUT"),
+        "unacked_restore_throttle": 1,
+    }
