@@ -38,6 +38,9 @@ app.conf.task_default_priority = 5  # anything called with the task.delay() will
 app.conf.worker_prefetch_multiplier = 1  # only prefetch single tasks at a time on the workers so that prio tasks happen
 app.conf.worker_eta_task_limit = 100  # Stops the worker from filling itself with ETA tasks and OOMing
 
+# The stack's delivery policy: at least once (delivery.py).
+delivery.apply(app)
+
 app.conf.ONCE = {
     'backend': 'allianceauth.services.tasks.DjangoBackend',
     'settings': {}

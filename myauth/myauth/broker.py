@@ -1,0 +1,62 @@
+"""Kombu's Redis transport, hardened against bad messages (README, "Guarantees").
+
+- A consumer that pops a message it cannot decode (not JSON, not a kombu envelope, a body that
+  is not valid base64 or not a task) logs it and drops it. Kombu lets such a message crash the
+  worker process ("Unrecoverable error"), and every task running on that process with it.
+- A producer refuses a task message above MAX_MESSAGE_BYTES with MessageTooLarge, so the caller
+  learns at once and nothing is queued: Alliance Auth's tasks pass ids, not data, and a
+  message of megabytes only eats the broker's memory, which is capped.
+
+celery.py selects it with `broker_transport`; everything else is kombu's Redis transport.
+"""
+
+from celery.utils.log import get_logger
+from kombu.transport import redis
+
+logger = get_logger(__name__)
+
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+# What decoding a malformed message raises: JSONDecodeError, binascii.Error and
+# UnicodeDecodeError are ValueErrors; a payload of the wrong shape raises TypeError or KeyError.
+MALFORMED = (ValueError, TypeError, KeyError)
+
+
+class MessageTooLarge(ValueError):
+    pass
+
+
+class Channel(redis.Channel):
+    def _brpop_read(self, **options):
+        try:
+            return super()._brpop_read(**options)
+        except MALFORMED as error:
+            # BRPOP already took it off the queue: dropping it is all that is left to do.
+            logger.error("Discarded a malformed message from the broker: %r", error)
+            return True
+
+    def basic_consume(self, queue, no_ack, callback, consumer_tag, **kwargs):
+        def reject_when_malformed(message):
+            try:
+                return callback(message)
+            except MALFORMED as error:
+                # Registered as delivered already: reject it, or Redis would hand it out again
+                # after every visibility timeout.
+                logger.error("Discarded a malformed message from the broker: %r", error)
+                if not no_ack and not message.acknowledged:
+                    message.reject(requeue=False)
+
+        return super().basic_consume(queue, no_ack, reject_when_malformed, consumer_tag, **kwargs)
+
+    def _put(self, queue, message, **kwargs):
+        size = len(message.get("body") or "")
+        if size > MAX_MESSAGE_BYTES:
+            task = (message.get("headers") or {}).get("task", "?")
+            raise MessageTooLarge(
+                f"task message for {task} is {size} bytes, above the broker's limit of "
+                f"{MAX_MESSAGE_BYTES} bytes (myauth/broker.py): pass ids, not data"
+            )
+        return super()._put(queue, message, **kwargs)
+
+
+class Transport(redis.Transport):
+    Channel = Channel
