@@ -117,6 +117,22 @@ def run_in(stack: DockerCompose, service: str, *command: str) -> str:
     return result.stdout
 
 
+MEASURED = []
+
+
+@pytest.fixture
+def report():
+    """Record a figure a test measured; the run prints them all at its end (README quotes them)."""
+    return MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured")
+        for line in MEASURED:
+            terminalreporter.line(line)
+
+
 def wait_for_log(stack: DockerCompose, service: str, needle: str, timeout: float = 60) -> str:
     """Poll a service's log until a line contains `needle`; return that line."""
     deadline = time.monotonic() + timeout

@@ -1,0 +1,361 @@
+"""Faults the stack survives without losing a task, proven on the running test stack.
+
+Every task carries a unique label and records its start and end; each test compares the labels
+it sent with the ones that ran. The delivery policy under test (README, "Guarantees") is at
+least once: a task a worker had taken when it died runs again once the broker's visibility
+timeout (40 s in the test stack, an hour in production) has passed since its delivery.
+"""
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, check_sizing, inspect, run_in
+from tests.integration.diagnostics import Diagnostics
+
+RESTORE_SWEEP = 10  # seconds between the workers' sweeps for messages past the visibility timeout
+
+
+@pytest.fixture(scope="module")
+def sizes(env_file) -> dict:
+    services = check_sizing.compose_model(["--env-file", str(env_file)])["services"]
+    return {**services["redis"]["environment"], **services["worker"]["environment"]}
+
+
+@pytest.fixture
+def diag(stack):
+    diagnostics = Diagnostics(stack)
+    diagnostics.reset()
+    return diagnostics
+
+
+def calls(task: str, prefix: str, count: int, *args, **options) -> list:
+    return [(task, [f"{prefix}-{i:04d}", *args], options) for i in range(count)]
+
+
+def labels(batch: list) -> set:
+    return {call[1][0] for call in batch}
+
+
+def test_a_killed_worker_comes_back_by_itself_and_every_task_it_held_runs_again(diag, sizes, report):
+    slots, visibility = int(sizes["WORKER_CONCURRENCY"]), int(sizes["BROKER_VISIBILITY_TIMEOUT"])
+    held = calls("diagnostics.sleep", "held", slots, 5)
+    queued = calls("diagnostics.mark", "queued", 30)
+    diag.enqueue(held + queued)
+    diag.wait_for(lambda: len(diag.started("held")) == slots, 30, "every slot to be busy")
+    started_at = diag.container_state("worker")["StartedAt"]
+
+    killed_at = diag.crash("worker")
+    diag.wait_restarted("worker", started_at)
+    healthy_after = time.time() - killed_at
+    events = diag.wait_until_ended(labels(held + queued), visibility + RESTORE_SWEEP + 60)
+
+    runs = diag.runs()
+    assert all(runs[label] == 1 for label in labels(queued)), "a task still queued at the kill ran twice"
+    # Every task the worker had started was killed with it and ran again, to its end, once the
+    # visibility timeout since its delivery had passed.
+    rerun_starts = [e["time"] for e in events if e["event"] == "start" and e["label"] in labels(held) and e["time"] > killed_at]
+    assert len(rerun_starts) == slots and all(runs[label] == 2 for label in labels(held))
+    recovered_after = max(rerun_starts) - killed_at
+    assert recovered_after <= visibility + RESTORE_SWEEP + 5
+    report(f"worker SIGKILL: container healthy again after {healthy_after:.0f} s; its {slots} running tasks ran "
+           f"again {min(rerun_starts) - killed_at:.0f}-{recovered_after:.0f} s after the kill "
+           f"(visibility timeout {visibility} s + sweep <= {RESTORE_SWEEP} s); none lost")
+
+
+def oom_kills(diag) -> int:
+    """The worker container's OOM-kill count, from its memory cgroup (v1 or v2)."""
+    counters = diag.compose("exec", "-T", "worker", "sh", "-c",
+                            "cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null; true").stdout
+    return int(next(line.split()[1] for line in counters.splitlines() if line.startswith("oom_kill ")))
+
+
+def test_a_worker_the_kernel_oom_kills_is_restarted_and_every_task_it_held_runs_again(diag, sizes, report):
+    container_limit_mib = inspect(diag.compose("ps", "--quiet", "worker").stdout.strip())["HostConfig"]["Memory"] // 2**20
+    visibility = int(sizes["BROKER_VISIBILITY_TIMEOUT"])
+    before, kills_before = diag.supervisor_pids(), oom_kills(diag)
+    started_at = diag.container_state("worker")["StartedAt"]
+    held = calls("diagnostics.sleep", "held", 10, 15)
+    # A leak: each task keeps 128 MiB more in the worker process, one after the other (they do
+    # not yield), until the kernel kills the biggest process of the container at its limit.
+    # Enough steps to pass the limit alone, few enough that the ones still to run after the
+    # kill fit in a fresh process.
+    leaks = calls("diagnostics.hold_memory", "leak", -(-container_limit_mib // 128), 128)
+
+    diag.supervisor("stop", "memmon")
+    try:
+        diag.enqueue(held + leaks)
+        diag.wait_for(lambda: diag.supervisor_pids().get("worker:worker_00") not in (None, before["worker:worker_00"]),
+                      60, "the kernel to kill the leaking worker")
+        killed_at = time.time()
+        assert len(diag.started("held")) == 10 and not diag.ended_labels() & labels(held), "the kill came too late"
+        assert oom_kills(diag) > kills_before
+        assert "exited: worker_00 (terminated by SIGKILL; not expected)" in diag.logs("worker")
+        assert diag.container_state("worker")["StartedAt"] == started_at, "the container itself was restarted"
+
+        diag.wait_until_ended(labels(held + leaks), visibility + RESTORE_SWEEP + 60)
+        assert all(diag.runs()[label] == 2 for label in labels(held)), "a task killed with the worker did not run again"
+        report(f"OOM kill of worker_00 (memmon off, a leak passing the {container_limit_mib} MiB container limit): "
+               f"supervisord restarted it; the 10 tasks it was running ran again and finished "
+               f"{time.time() - killed_at:.0f} s after the kill; none lost")
+    finally:
+        diag.supervisor("start", "memmon")
+        diag.supervisor("restart", "worker:*")  # drop what the leak still holds
+    diag.wait_healthy("worker")
+
+
+STREAM = """
+import json, os, time
+import diagnostics.tasks as tasks
+sent, failed, end, i = [], [], time.time() + float(os.environ["SECONDS"]), 0
+while time.time() < end:
+    label = f"stream-{i:05d}"; i += 1
+    try:
+        tasks.mark.apply_async(args=[label])
+        sent.append([label, time.time()])
+    except Exception as error:
+        failed.append([label, time.time(), repr(error)])
+    time.sleep(0.01)
+print(json.dumps({"sent": sent, "failed": failed}))
+"""
+# appendfsync everysec: Redis writes its AOF every second, and postpones a write by up to 2 s
+# more while an fsync is slow; what it acknowledged in that time is only in its memory.
+FSYNC_WINDOW = 2.0
+
+
+def test_a_redis_crash_loses_no_enqueue_older_than_the_fsync_window_and_everything_reconnects(diag, site, report):
+    assert diag.redis("config", "get", "appendfsync").split() == ["appendfsync", "everysec"]
+    held = calls("diagnostics.sleep", "held", 10, 6)  # running on the gevent worker at the crash
+    backlog = calls("diagnostics.sleep", "backlog", 100, 0.5, queue="cpu")  # queued: 2 prefork slots take 25 s
+    diag.enqueue(held + backlog)
+    diag.wait_for(lambda: len(diag.started("held")) == 10, 30, "the held tasks to start")
+    stream = subprocess.Popen([*diag.stack.docker_compose_command(), "exec", "-T", "-e", "SECONDS=25", "web",
+                               "python3", "manage.py", "shell", "-c", STREAM], stdout=subprocess.PIPE, text=True)
+    time.sleep(10)  # the stream runs for a few seconds before the crash
+    started_at = diag.container_state("redis")["StartedAt"]
+    queued_at_crash = sum(diag.queue_lengths("cpu").values())
+    killed_at = diag.crash("redis")
+    output, _ = stream.communicate(timeout=120)
+    result = json.loads(output.strip().splitlines()[-1])
+    sent = dict(result["sent"])
+    diag.wait_restarted("redis", started_at)
+
+    assert min(sent.values()) < killed_at - FSYNC_WINDOW, "the crash came before the stream was under way"
+    assert max(sent.values()) > killed_at + 1, "enqueues did not resume after the crash"
+    assert queued_at_crash > 20, "the backlog was gone before the crash"
+    expected = set(sent) | labels(held + backlog)
+    diag.wait_for(lambda: not diag.queued() and not diag.in_flight(), 120, "the workers to drain everything")
+    lost = expected - diag.ended_labels()
+    # (A send's time is taken when its reply arrived, which can be a moment after kill() returned.)
+    assert all(killed_at - FSYNC_WINDOW <= sent[label] <= killed_at + 0.5 for label in lost), \
+        {label: round(sent.get(label, 0) - killed_at, 2) for label in lost}
+    assert labels(held) <= diag.ended_labels(), "a task running during the crash never completed"
+    assert labels(backlog) <= diag.ended_labels(), "a task queued at the crash did not survive it"
+    diag.wait_healthy("web")
+    assert requests.get(f"{site}/account/login/", timeout=30).status_code == 200
+    refused = ", ".join(sorted({error.split("(")[0] for _, _, error in result["failed"]})) or "none"
+    report(f"Redis SIGKILL with {queued_at_crash} tasks queued and a stream of {len(sent)} acknowledged "
+           f"enqueues: every queued task survived; {len(lost)} enqueue(s) lost"
+           f"{f', all sent within {FSYNC_WINDOW:.0f} s before the kill' if lost else ''}; {len(result['failed'])} "
+           f"enqueue(s) during the outage raised an error to the caller ({refused}); workers and web "
+           f"reconnected by themselves")
+
+
+class Poller(threading.Thread):
+    """GETs a page every 0.2 s until stopped; keeps (time, status) with status 0 for no answer."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.results, self.stopped = url, [], threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                status = requests.get(self.url, timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            self.results.append((time.time(), status))
+            time.sleep(0.2)
+
+
+def rows_written(diag, prefix: str) -> tuple:
+    count = ("from diagnostics.models import TaskRow; rows = TaskRow.objects.filter(label__startswith=%r);"
+             "print(rows.values('label').distinct().count(), rows.count())" % prefix)
+    return tuple(int(n) for n in run_in(diag.stack, "web", "python3", "manage.py", "shell", "-c", count).split()[-2:])
+
+
+def test_a_mariadb_crash_under_load_is_retried_through_and_the_web_recovers(diag, site, report):
+    writes = calls("diagnostics.write_row", "row", 1500)
+    diag.supervisor("stop", "worker:*")
+    diag.enqueue(writes)
+    diag.supervisor("start", "worker:*")
+    diag.wait_for(lambda: len(diag.started("row")) > 100, 60, "the backlog to be draining")
+    poller = Poller(f"{site}/account/login/")
+    poller.start()
+    started_at = diag.container_state("mariadb")["StartedAt"]
+
+    killed_at = diag.crash("mariadb")
+    diag.wait_restarted("mariadb", started_at)
+    diag.wait_until_ended(labels(writes), 240)
+    diag.wait_healthy("web")
+    time.sleep(2)
+    poller.stopped.set()
+    poller.join()
+
+    assert rows_written(diag, "row-")[0] == len(writes), "a task that met the outage never wrote its row"
+    retried = diag.logs("worker").count("retry: Retry in")
+    assert retried > 0, "no task met the outage: the crash came too late"
+    errors = [t - killed_at for t, status in poller.results if status != 200]
+    assert poller.results[-1][1] == 200
+    report(f"MariaDB SIGKILL while draining 1500 database writes: {retried} retries, every row written "
+           f"{time.time() - killed_at:.0f} s after the kill; login page not 200 for "
+           f"{(max(errors) - min(errors) if errors else 0):.1f} s ({len(errors)} of {len(poller.results)} polls)")
+
+
+def test_changing_a_worker_setting_during_a_backlog_runs_every_task_exactly_once(diag, env_file, tmp_path, report):
+    backlog = calls("diagnostics.sleep", "backlog", 300, 1)
+    diag.enqueue(backlog)
+    diag.wait_for(lambda: len(diag.started("backlog")) > 30, 60, "the backlog to be draining")
+
+    override = tmp_path / "changed-worker.yaml"
+    override.write_text(json.dumps({"services": {"worker": {"environment": {"WORKER_CONCURRENCY": "20"}}}}))
+    changed = tmp_path / "changed.env"
+    text = env_file.read_text()
+    compose_file = next(line for line in text.splitlines() if line.startswith("COMPOSE_FILE="))
+    changed.write_text(text.replace(compose_file, f"{compose_file}:{override}"))
+
+    def up(env):
+        subprocess.run(["docker", "compose", "--env-file", str(env), "up", "--detach", "--no-deps", "--wait", "worker"],
+                       cwd=ROOT, check=True, capture_output=True)
+
+    began = time.time()
+    up(changed)
+    recreated_after = time.time() - began
+    try:
+        diag.wait_until_ended(labels(backlog), 180)
+        runs = diag.runs()
+        assert all(runs[label] == 1 for label in labels(backlog)), {l: n for l, n in runs.items() if n != 1}
+        stats = json.loads(run_in(diag.stack, "worker", "celery", "-A", "myauth", "inspect", "stats", "--json", "--timeout", "10"))
+        assert {s["pool"]["max-concurrency"] for node, s in stats.items() if node.startswith("worker_0")} == {20}
+        containers = {e["container"] for e in diag.events() if e["label"].startswith("backlog")}
+        assert len(containers) == 2, "the backlog did not span the old and the new worker"
+    finally:
+        up(env_file)
+    report(f"docker compose up -d with a changed worker setting during a 300-task backlog: worker recreated "
+           f"in {recreated_after:.0f} s; every task ran exactly once")
+
+
+def test_the_web_under_load_while_the_worker_drains_a_backlog_answers_without_errors(diag, site, report):
+    diag.enqueue(calls("diagnostics.write_row", "busy", 1000))
+    result = subprocess.run([ROOT / "scripts" / "load-web", f"{site}/account/login/",
+                             "--requests", "600", "--concurrency", "8", "--max-seconds", "60"],
+                            capture_output=True, text=True, check=True)
+    summary = json.loads(result.stdout)
+    assert summary["requests"] == 600
+    assert summary["statuses"] == {"200": 600}, summary
+    report(f"web under load (8 clients, 600 GETs of the login page) while the worker drained 1000 tasks: "
+           f"no errors, {summary['per_second']:.0f} requests/s, p50 {summary['p50_ms']:.0f} ms, "
+           f"p99 {summary['p99_ms']:.0f} ms")
+
+
+ENQUEUE_UNTIL_REFUSED = """
+import json
+import diagnostics.tasks as tasks
+accepted, error = [], None
+while error is None and len(accepted) < 100000:
+    label = f"fill-{len(accepted):06d}"
+    try:
+        tasks.sleep.apply_async(args=[label, 0], kwargs={}, headers={"padding": "x" * 4096})
+        accepted.append(label)
+    except Exception as refused:
+        error = f"{type(refused).__name__}: {refused}"
+print(json.dumps({"accepted": accepted, "error": error}))
+"""
+
+
+def redis_info(diag, field: str) -> int:
+    return int(next(line.split(":")[1] for line in diag.redis("info").splitlines() if line.startswith(f"{field}:")))
+
+
+def test_redis_at_maxmemory_refuses_enqueues_with_a_clear_error_and_evicts_nothing(diag, sizes, report):
+    kept = calls("diagnostics.mark", "kept", 20)
+    diag.supervisor("stop", "worker:*")
+    try:
+        diag.enqueue(kept)
+        evicted_before = redis_info(diag, "evicted_keys")
+        diag.redis("config", "set", "maxmemory", str(redis_info(diag, "used_memory") + 512 * 1024))
+        try:
+            result = json.loads(run_in(diag.stack, "web", "python3", "manage.py", "shell", "-c",
+                                       ENQUEUE_UNTIL_REFUSED).strip().splitlines()[-1])
+        finally:
+            diag.redis("config", "set", "maxmemory", str(check_sizing.size(sizes["REDIS_MAXMEMORY"])))
+        assert result["error"] and "command not allowed when used memory > 'maxmemory'" in result["error"], result["error"]
+        assert diag.queued_tasks()[5].count("diagnostics.mark") == len(kept), "a queued task was evicted"
+        assert redis_info(diag, "evicted_keys") == evicted_before
+    finally:
+        diag.supervisor("start", "worker:*")
+    diag.wait_until_ended(labels(kept) | set(result["accepted"]), 120)
+    report(f"Redis at maxmemory: after {len(result['accepted'])} enqueues the next failed with "
+           f"\"{result['error'][:90]}...\"; nothing evicted, every accepted task ran")
+
+
+MALFORMED = """
+import base64, json, redis
+from django.conf import settings
+broker = redis.Redis.from_url(settings.BROKER_URL)
+
+def envelope(body, tag):
+    return json.dumps({"body": body, "content-encoding": "utf-8", "content-type": "application/json",
+                       "headers": {"task": "diagnostics.mark", "id": tag, "lang": "py"},
+                       "properties": {"body_encoding": "base64", "delivery_tag": tag, "priority": 5,
+                                      "delivery_info": {"exchange": "", "routing_key": "celery"}}})
+
+for queue in ("celery\\x06\\x165", "cpu\\x06\\x165"):
+    broker.lpush(queue, b"\\xff not json at all", json.dumps([1, 2, 3]), envelope("!!!notbase64", f"{queue}-1"),
+                 envelope("!!!", f"{queue}-2"), envelope(base64.b64encode(b"not json").decode(), f"{queue}-3"))
+from celery import current_app
+current_app.send_task("no.such.task", args=[1])
+"""
+
+
+def test_malformed_messages_and_unknown_tasks_are_logged_and_dropped_and_the_workers_keep_running(diag):
+    before = diag.supervisor_pids()
+    cpu_started_at = diag.container_state("worker-cpu")["StartedAt"]
+    run_in(diag.stack, "web", "python3", "manage.py", "shell", "-c", MALFORMED)
+    after = calls("diagnostics.mark", "after", 2) + calls("diagnostics.mark", "after-cpu", 2, queue="cpu")
+    diag.enqueue(after)
+    diag.wait_until_ended(labels(after), 60)
+
+    assert diag.queued() == 0 and diag.in_flight() == 0
+    assert diag.supervisor_pids() == before, "a worker process was restarted"
+    assert diag.container_state("worker-cpu")["StartedAt"] == cpu_started_at
+    worker_log, cpu_log = diag.logs("worker"), diag.logs("worker-cpu")
+    for log in (worker_log, cpu_log):
+        discarded = [line for line in log.splitlines() if "Discarded a malformed message" in line]
+        # Not JSON, not an envelope, not base64, an empty task (after it was registered as
+        # delivered: rejected, so nothing is left in flight); a body that is not JSON Celery
+        # itself logs and acknowledges.
+        assert len(discarded) == 4, discarded
+        assert log.count("Can't decode message body") == 1
+    assert "Received unregistered task of type 'no.such.task'" in worker_log
+    assert "Unrecoverable error" not in worker_log + cpu_log
+
+
+OVERSIZED = """
+import diagnostics.tasks as tasks
+try:
+    tasks.mark.apply_async(args=["x" * 20 * 1024 * 1024])
+except Exception as refused:
+    print(f"{type(refused).__name__}: {refused}")
+"""
+
+
+def test_an_oversized_task_message_is_refused_at_enqueue_with_a_clear_error(diag):
+    output = run_in(diag.stack, "web", "python3", "manage.py", "shell", "-c", OVERSIZED)
+    assert "MessageTooLarge: task message for diagnostics.mark is" in output
+    assert "above the broker's limit of 10485760 bytes" in output
+    assert diag.queued() == 0
