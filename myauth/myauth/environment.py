@@ -30,6 +30,8 @@ def _secret(value: str) -> str:
         raise ValueError(f"must be at least 32 characters (got {len(value)})")
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", value):
         raise ValueError("may contain only letters, digits, '_' and '-'")
+    if len(set(value)) < 16:
+        raise ValueError("looks like a placeholder (fewer than 16 different characters): generate one")
     return value
 
 

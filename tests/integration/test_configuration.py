@@ -2,6 +2,8 @@
 
 import subprocess
 
+import pytest
+
 from tests.conftest import ROOT, environment
 
 
@@ -23,8 +25,21 @@ def test_a_missing_secret_stops_compose_before_any_container_exists(tmp_path, bu
     assert compose(env_file, "ps", "--all", "--quiet").stdout.strip() == ""
 
 
-def test_an_app_container_with_a_malformed_value_refuses_to_start(built_images):
-    result = subprocess.run(["docker", "run", "--rm", "-e", "WORKER_CONCURRENCY=ten", "myauth-app:latest", "true"],
+@pytest.mark.parametrize("name, value", [
+    ("WORKER_CONCURRENCY", "ten"),
+    ("SECRET_KEY", "wow I'm a really bad default secret key"),  # Alliance Auth's default
+    ("REDIS_PASSWORD", "changeme" * 5),
+])
+def test_an_app_container_with_a_malformed_value_or_a_default_secret_refuses_to_start(built_images, name, value):
+    result = subprocess.run(["docker", "run", "--rm", "-e", f"{name}={value}", "myauth-app:latest", "true"],
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert "WORKER_CONCURRENCY='ten' is not valid" in result.stderr
+    assert f"{name}={value!r} is not valid" in result.stderr
+
+
+@pytest.mark.parametrize("image, secret", [("myauth-redis:latest", "REDISCLI_AUTH"),
+                                           ("myauth-mariadb:latest", "MARIADB_ROOT_PASSWORD")])
+def test_redis_and_mariadb_refuse_to_start_without_their_password(built_images, image, secret):
+    result = subprocess.run(["docker", "run", "--rm", image], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert secret in result.stderr

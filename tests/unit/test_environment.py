@@ -31,6 +31,8 @@ def test_generate_never_overwrites_an_existing_env_file(tmp_path):
 @pytest.mark.parametrize("name, value, message", [
     ("SECRET_KEY", "", "SECRET_KEY is missing"),
     ("SECRET_KEY", "short", "SECRET_KEY must be at least 32 characters"),
+    ("SECRET_KEY", "wow I'm a really bad default secret key", "SECRET_KEY may contain only"),  # Alliance Auth's
+    ("MARIADB_PASSWORD", "changeme" * 5, "MARIADB_PASSWORD looks like a placeholder"),
     ("REDIS_PASSWORD", "x" * 40 + "'; DROP", "REDIS_PASSWORD may contain only"),
     ("SITE_URL", "auth.example.com", "SITE_URL must be an http(s) URL"),
     ("SITE_URL", "https://auth.example.com/", "SITE_URL must have no path and no trailing slash"),
