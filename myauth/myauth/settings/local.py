@@ -2,6 +2,7 @@
 # Values that differ per install come from the environment (.env, see .env.example), read
 # through myauth/environment.py, which names any missing or malformed variable.
 from .base import *  # noqa: F403
+import sys
 from urllib.parse import urlparse
 
 from myauth.environment import read
@@ -34,6 +35,14 @@ INSTALLED_APPS += [  # noqa: F405
 ]
 
 APPS_WITH_PUBLIC_VIEWS = []
+
+# In a gevent worker (Celery patched the sockets before loading this), mysqlclient's C calls
+# would block every greenlet while one connects or queries (the load test measured half the
+# worker's time there); PyMySQL is pure Python on gevent's cooperative sockets.
+if "gevent.monkey" in sys.modules and sys.modules["gevent.monkey"].is_module_patched("socket"):
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
 
 DATABASES["default"] = {  # noqa: F405
     "ENGINE": "django.db.backends.mysql",
