@@ -46,19 +46,17 @@ def free_port() -> int:
 
 def write_env_file(path: Path, project: str, overlay: str = "small") -> Path:
     """A fresh .env for a test project, written by the same generator operators use."""
-    environment.main(["generate", str(path)])
     port = free_port()
-    settings = {
-        "COMPOSE_PROJECT_NAME": project,
-        "COMPOSE_FILE": f"compose.yaml:config/overlays/{overlay}.yaml:tests/stack.yaml",
-        "COMPOSE_PROFILES": "cpu",
-        "WEB_PORT": str(port),
-        "SITE_URL": f"http://localhost:{port}",
-        "SCHEDULE_OUTBOUND_TASKS": "false",
-        "DIAGNOSTICS_ENABLED": "true",
-    }
-    kept = [line for line in path.read_text().splitlines() if line.split("=")[0] not in settings]
-    path.write_text("\n".join(kept + [f"{name}={value}" for name, value in settings.items()]) + "\n")
+    environment.write_env_file(
+        str(path),
+        COMPOSE_PROJECT_NAME=project,
+        COMPOSE_FILE=f"compose.yaml:config/overlays/{overlay}.yaml:tests/stack.yaml",
+        COMPOSE_PROFILES="cpu",
+        WEB_PORT=str(port),
+        SITE_URL=f"http://localhost:{port}",
+        SCHEDULE_OUTBOUND_TASKS="false",
+        DIAGNOSTICS_ENABLED="true",
+    )
     return path
 
 

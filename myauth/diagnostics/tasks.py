@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import time
+import urllib.request
 
 from celery import current_task, shared_task
 
@@ -74,6 +75,29 @@ def hold_memory(label: str, mib: int) -> None:
         block[offset] = 1
     _held_memory.append(block)
     record(label, "end")
+
+
+@shared_task(name="diagnostics.load")
+def load(run: str, kind: str, sent_at: float, url: str = "", cpu_ms: float = 0) -> None:
+    """The load test's task (scripts/loadtest). kind "esi": one HTTP request to the ESI stub,
+    then one small database write, as an Alliance Auth ESI update does; "cpu": cpu_ms of pure
+    computation; "noop": nothing. Appends one record to the Redis list loadtest:<run>:
+    [priority, sent, start, end, pid, container, ok, task id]."""
+    request, start, ok = current_task.request, time.time(), False
+    try:
+        if kind == "esi":
+            with urllib.request.urlopen(url, timeout=60) as response:
+                response.read()
+            TaskRow.objects.create(label=run, task_id=request.id)
+        elif kind == "cpu":
+            deadline = time.thread_time() + cpu_ms / 1000
+            while time.thread_time() < deadline:
+                pass
+        ok = True
+    finally:
+        priority = (request.delivery_info or {}).get("priority")
+        get_redis_client().rpush(f"loadtest:{run}", json.dumps(
+            [priority, sent_at, start, time.time(), os.getpid(), socket.gethostname(), ok, request.id]))
 
 
 @shared_task(name="diagnostics.once", base=QueueOnce)

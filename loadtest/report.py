@@ -1,0 +1,76 @@
+"""The load test's table (stdout, README) and chart (PNG)."""
+
+from pathlib import Path
+
+COLUMNS = ("variant", "tasks/s", "of bound", "run p50/p99 ms", "RSS idle/peak MiB", "CPU", "done", "errors")
+
+
+def cells(run: dict) -> tuple:
+    bound = f"{run['of_bound']:.0%} of {run['bound_per_second']:.0f}" if run["of_bound"] is not None else "-"
+    run_ms = f"{run['run_ms']['p50']:.0f} / {run['run_ms']['p99']:.0f}" if run["run_ms"]["p50"] is not None else "-"
+    cpu = f"{run['cpu_cores']:.2f}" if run["cpu_cores"] is not None else "-"
+    return (f"{run['variant']} ({run['kind']})", f"{run['tasks_per_second']:.1f}", bound, run_ms,
+            f"{run['rss_idle_mib']:.0f} / {run['rss_peak_mib']:.0f}", cpu, f"{run['completed']}/{run['sent']}",
+            str(run["errors"]))
+
+
+def line(run: dict) -> str:
+    return "  ".join(f"{name}: {value}" for name, value in zip(COLUMNS, cells(run)))
+
+
+def table(result: dict) -> str:
+    """Markdown: the runs, then the scenarios and the machine."""
+    rows = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    rows += ["| " + " | ".join(cells(run)) + " |" for run in result["runs"]]
+    machine = result["machine"]
+    rows += ["", f"Overlay {result['overlay']} (worker container: {result['worker_limits']['cpus']} CPU, "
+                 f"{result['worker_limits']['memory'] // 2**20} MiB); ESI stub latency {result['latency_ms']:.0f} "
+                 f"± {result['jitter_ms']:.0f} ms; {machine['cpus']} x {machine['cpu']}, {machine['memory_gib']} GiB, "
+                 f"Docker {machine['docker']}, {machine['date']}."]
+    if "priority" in result:
+        priority = result["priority"]
+        rows.append(f"Priority: with {priority['priority_7_queued']} priority-7 tasks queued, priority-2 queue wait "
+                    f"p50 {priority['priority_2_wait_ms']['p50']} ms, p99 {priority['priority_2_wait_ms']['p99']} ms "
+                    f"({priority['priority_2_completed']}/{priority['priority_2_sent']} ran).")
+    if "memmon" in result:
+        memmon = result["memmon"]
+        rows.append(f"Worker container at idle: {memmon['worker_container_idle']}; around a memmon restart the "
+                    f"worker did not consume for {memmon['not_consuming_seconds']} s.")
+    return "\n".join(rows)
+
+
+def chart(result: dict, path: Path) -> None:
+    """Throughput against gevent concurrency (with its bound), beside the compared variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    runs = [r for r in result["runs"] if r["kind"] != "noop"]
+    gevent = sorted((r for r in runs if r["pool"] == "gevent"), key=lambda r: r["concurrency"])
+    figure, (sweep, memory) = pyplot.subplots(1, 2, figsize=(12, 4.5))
+    if gevent:
+        x = [r["concurrency"] for r in gevent]
+        sweep.plot(x, [r["tasks_per_second"] for r in gevent], "o-", label="gevent: measured")
+        sweep.plot(x, [r["bound_per_second"] or 0 for r in gevent], "--", color="grey",
+                   label="bound: min(concurrency / latency, CPU ceiling)")
+        sweep.set_xscale("log")
+        sweep.set_xticks(x, [str(c) for c in x])
+    for run, marker in zip((r for r in runs if r["pool"] != "gevent"), ("s", "^")):
+        sweep.plot([run["concurrency"]], [run["tasks_per_second"]], marker, markersize=9, label=run["variant"])
+    sweep.set_xlabel("concurrency")
+    sweep.set_ylabel("tasks / s")
+    sweep.set_title(f"ESI-like tasks ({result['latency_ms']:.0f} ms), overlay {result['overlay']}")
+    sweep.legend(fontsize=8)
+    sweep.grid(alpha=0.3)
+
+    names = [r["variant"] for r in runs]
+    memory.barh(names, [r["rss_peak_mib"] for r in runs], color="tab:orange", label="peak")
+    memory.barh(names, [r["rss_idle_mib"] for r in runs], color="tab:blue", label="idle")
+    memory.set_xlabel("worker RSS (MiB)")
+    memory.legend(fontsize=8)
+    memory.grid(alpha=0.3, axis="x")
+    figure.suptitle(f"{result['machine']['cpus']} x {result['machine']['cpu']}, {result['machine']['date']}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)

@@ -1,0 +1,132 @@
+"""The stack under load: its compose project, the ESI stub, and the worker variants it measures.
+
+Each variant is a one-off container of the stack's `worker` service (`docker compose run`), so
+it gets exactly the worker's memory and CPU limits for the overlay, and consumes only the
+queue `loadtest`: the stack's own workers never see the load, nor the variants anything else.
+"""
+
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "myauth" / "myauth"))
+import environment  # noqa: E402
+
+QUEUE = "loadtest"
+PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis key for priority p > 0: "<queue>\x06\x16<p>"
+
+
+class Stack:
+    def __init__(self, env_file: Path):
+        self.env_file = env_file
+        self.env = environment.read_env_file(str(env_file))
+
+    def compose(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "compose", "--env-file", str(self.env_file), *args], cwd=ROOT,
+                              capture_output=True, text=True, check=check, **kwargs)
+
+    def model(self) -> dict:
+        return json.loads(self.compose("config", "--format", "json").stdout)
+
+    def django_command(self, script: str, variables: dict) -> list:
+        options = [arg for name, value in variables.items() for arg in ("-e", f"{name}={value}")]
+        return ["docker", "compose", "--env-file", str(self.env_file), "exec", "-T", *options, "web",
+                "python3", "manage.py", "shell", "-c", script]
+
+    def django(self, script: str, **variables: str) -> dict:
+        """Run a Python script in the web container's Django shell; return the JSON it prints last."""
+        result = subprocess.run(self.django_command(script, variables), cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"the web container's shell failed:\n{result.stderr[-3000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def django_in_background(self, script: str, **variables: str) -> subprocess.Popen:
+        return subprocess.Popen(self.django_command(script, variables), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def redis(self, *command: str) -> str:
+        return self.compose("exec", "-T", "redis", "redis-cli", "--raw", *command).stdout
+
+    def purge(self) -> None:
+        """Drop every message still waiting on the load test's queue."""
+        self.redis("del", QUEUE, *(f"{QUEUE}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)))
+
+    def queued(self) -> int:
+        return sum(int(self.redis("llen", key)) for key in [QUEUE] + [f"{QUEUE}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)])
+
+    def start_esi_stub(self) -> bool:
+        """Start the stub unless it runs; True if this call started it."""
+        running = self.compose("--profile", "loadtest", "ps", "--quiet", "esi-stub").stdout.strip()
+        if not running:
+            self.compose("--profile", "loadtest", "up", "--detach", "--no-deps", "esi-stub")
+        return not running
+
+    def stop_esi_stub(self) -> None:
+        self.compose("--profile", "loadtest", "rm", "--stop", "--force", "esi-stub")
+
+    def worker_limits(self) -> dict:
+        limits = self.model()["services"]["worker"]["deploy"]["resources"]["limits"]
+        return {"cpus": float(limits["cpus"]), "memory": int(limits["memory"])}
+
+
+class Variant:
+    """A Celery worker in a one-off container of the `worker` service, consuming `loadtest`."""
+
+    def __init__(self, stack: Stack, name: str, pool: str, concurrency: int):
+        self.stack, self.name, self.pool, self.concurrency = stack, name, pool, concurrency
+        self.container = None
+        self.samples = []  # (time, RSS bytes of the Celery processes, CPU seconds of the container)
+
+    def command(self) -> list:
+        return ["celery", "-A", "myauth", "worker", f"--pool={self.pool}", f"--concurrency={self.concurrency}",
+                f"--queues={QUEUE}", f"--hostname={self.name}@%h", "--loglevel=INFO"]
+
+    def start(self) -> None:
+        result = self.stack.compose("run", "--detach", "--no-deps", "--rm", "-e", "DIAGNOSTICS_ENABLED=true",
+                                    "worker", *self.command())
+        self.container = result.stdout.strip().splitlines()[-1]
+        deadline = time.monotonic() + 120
+        while f"{self.name}@" not in self.logs() or " ready." not in self.logs():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not become ready:\n{self.logs()[-3000:]}")
+            time.sleep(0.5)
+
+    def logs(self) -> str:
+        result = subprocess.run(["docker", "logs", self.container], capture_output=True, text=True)
+        return result.stdout + result.stderr
+
+    def sample(self) -> tuple:
+        """RSS of the Celery processes (a prefork pool's children included) and the container's CPU seconds."""
+        script = ("ps -eo rss=,args= | awk '/[c]elery -A myauth/ {s += $1} END {print s * 1024}'; "
+                  "cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null "
+                  "|| awk '/^usage_usec/ {print $2 * 1000}' /sys/fs/cgroup/cpu.stat")
+        output = subprocess.run(["docker", "exec", self.container, "sh", "-c", script],
+                                capture_output=True, text=True).stdout.split()
+        sample = (time.time(), int(output[0]), int(output[1]) / 1e9)
+        self.samples.append(sample)
+        return sample
+
+    def sample_while(self, running: threading.Event, every: float = 1.0) -> threading.Thread:
+        def loop():
+            while running.is_set():
+                self.sample()
+                time.sleep(every)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Warm shutdown (running tasks finish, unstarted ones go back to the queue), then remove."""
+        subprocess.run(["docker", "stop", "--time", "60", self.container], capture_output=True)
+        subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)
+
+
+def cores(limits: dict) -> int:
+    """Processes for 'one per core' within the worker container's CPU limit."""
+    return max(1, math.ceil(limits["cpus"]))
