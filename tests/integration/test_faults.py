@@ -43,10 +43,10 @@ def labels(batch: list) -> set:
 
 def test_a_killed_worker_comes_back_by_itself_and_every_task_it_held_runs_again(diag, sizes, report):
     slots, visibility = int(sizes["WORKER_CONCURRENCY"]), int(sizes["BROKER_VISIBILITY_TIMEOUT"])
-    held = calls("diagnostics.sleep", "held", slots, 5)
-    queued = calls("diagnostics.mark", "queued", 30)
+    held = calls("diagnostics.sleep", "killed-held", slots, 5)
+    queued = calls("diagnostics.mark", "killed-queued", 30)
     diag.enqueue(held + queued)
-    diag.wait_for(lambda: len(diag.started("held")) == slots, 30, "every slot to be busy")
+    diag.wait_for(lambda: len(diag.started("killed-held")) == slots, 30, "every slot to be busy")
     started_at = diag.container_state("worker")["StartedAt"]
 
     killed_at = diag.crash("worker")
@@ -79,12 +79,12 @@ def test_a_worker_the_kernel_oom_kills_is_restarted_and_every_task_it_held_runs_
     visibility = int(sizes["BROKER_VISIBILITY_TIMEOUT"])
     before, kills_before = diag.supervisor_pids(), oom_kills(diag)
     started_at = diag.container_state("worker")["StartedAt"]
-    held = calls("diagnostics.sleep", "held", 10, 15)
+    held = calls("diagnostics.sleep", "oom-held", 10, 15)
     # A leak: each task keeps 128 MiB more in the worker process, one after the other (they do
     # not yield), until the kernel kills the biggest process of the container at its limit.
     # Enough steps to pass the limit alone, few enough that the ones still to run after the
     # kill fit in a fresh process.
-    leaks = calls("diagnostics.hold_memory", "leak", -(-container_limit_mib // 128), 128)
+    leaks = calls("diagnostics.hold_memory", "oom-leak", -(-container_limit_mib // 128), 128)
 
     diag.supervisor("stop", "memmon")
     try:
@@ -92,7 +92,7 @@ def test_a_worker_the_kernel_oom_kills_is_restarted_and_every_task_it_held_runs_
         diag.wait_for(lambda: diag.supervisor_pids().get("worker:worker_00") not in (None, before["worker:worker_00"]),
                       60, "the kernel to kill the leaking worker")
         killed_at = time.time()
-        assert len(diag.started("held")) == 10 and not diag.ended_labels() & labels(held), "the kill came too late"
+        assert len(diag.started("oom-held")) == 10 and not diag.ended_labels() & labels(held), "the kill came too late"
         assert oom_kills(diag) > kills_before
         assert "exited: worker_00 (terminated by SIGKILL; not expected)" in diag.logs("worker")
         assert diag.container_state("worker")["StartedAt"] == started_at, "the container itself was restarted"
@@ -129,10 +129,10 @@ FSYNC_WINDOW = 2.0
 
 def test_a_redis_crash_loses_no_enqueue_older_than_the_fsync_window_and_everything_reconnects(diag, site, report):
     assert diag.redis("config", "get", "appendfsync").split() == ["appendfsync", "everysec"]
-    held = calls("diagnostics.sleep", "held", 10, 6)  # running on the gevent worker at the crash
-    backlog = calls("diagnostics.sleep", "backlog", 100, 0.5, queue="cpu")  # queued: 2 prefork slots take 25 s
+    held = calls("diagnostics.sleep", "redis-held", 10, 6)  # running on the gevent worker at the crash
+    backlog = calls("diagnostics.sleep", "redis-queued", 100, 0.5, queue="cpu")  # queued: 2 prefork slots take 25 s
     diag.enqueue(held + backlog)
-    diag.wait_for(lambda: len(diag.started("held")) == 10, 30, "the held tasks to start")
+    diag.wait_for(lambda: len(diag.started("redis-held")) == 10, 30, "the held tasks to start")
     stream = subprocess.Popen([*diag.stack.docker_compose_command(), "exec", "-T", "-e", "SECONDS=25", "web",
                                "python3", "manage.py", "shell", "-c", STREAM], stdout=subprocess.PIPE, text=True)
     time.sleep(10)  # the stream runs for a few seconds before the crash
@@ -189,11 +189,11 @@ def rows_written(diag, prefix: str) -> tuple:
 
 
 def test_a_mariadb_crash_under_load_is_retried_through_and_the_web_recovers(diag, site, report):
-    writes = calls("diagnostics.write_row", "row", 1500)
+    writes = calls("diagnostics.write_row", "mariadb-row", 1500)
     diag.supervisor("stop", "worker:*")
     diag.enqueue(writes)
     diag.supervisor("start", "worker:*")
-    diag.wait_for(lambda: len(diag.started("row")) > 100, 60, "the backlog to be draining")
+    diag.wait_for(lambda: len(diag.started("mariadb-row")) > 100, 60, "the backlog to be draining")
     poller = Poller(f"{site}/account/login/")
     poller.start()
     started_at = diag.container_state("mariadb")["StartedAt"]
@@ -206,7 +206,7 @@ def test_a_mariadb_crash_under_load_is_retried_through_and_the_web_recovers(diag
     poller.stopped.set()
     poller.join()
 
-    assert rows_written(diag, "row-")[0] == len(writes), "a task that met the outage never wrote its row"
+    assert rows_written(diag, "mariadb-row-")[0] == len(writes), "a task that met the outage never wrote its row"
     retried = diag.logs("worker").count("retry: Retry in")
     assert retried > 0, "no task met the outage: the crash came too late"
     errors = [t - killed_at for t, status in poller.results if status != 200]
@@ -217,9 +217,9 @@ def test_a_mariadb_crash_under_load_is_retried_through_and_the_web_recovers(diag
 
 
 def test_changing_a_worker_setting_during_a_backlog_runs_every_task_exactly_once(diag, env_file, tmp_path, report):
-    backlog = calls("diagnostics.sleep", "backlog", 300, 1)
+    backlog = calls("diagnostics.sleep", "rolling", 300, 1)
     diag.enqueue(backlog)
-    diag.wait_for(lambda: len(diag.started("backlog")) > 30, 60, "the backlog to be draining")
+    diag.wait_for(lambda: len(diag.started("rolling")) > 30, 60, "the backlog to be draining")
 
     override = tmp_path / "changed-worker.yaml"
     override.write_text(json.dumps({"services": {"worker": {"environment": {"WORKER_CONCURRENCY": "20"}}}}))
@@ -238,10 +238,11 @@ def test_changing_a_worker_setting_during_a_backlog_runs_every_task_exactly_once
     try:
         diag.wait_until_ended(labels(backlog), 180)
         runs = diag.runs()
-        assert all(runs[label] == 1 for label in labels(backlog)), {l: n for l, n in runs.items() if n != 1}
+        twice = [e for e in diag.events() if runs.get(e["label"], 0) > 1]
+        assert all(runs[label] == 1 for label in labels(backlog)), twice
         stats = json.loads(run_in(diag.stack, "worker", "celery", "-A", "myauth", "inspect", "stats", "--json", "--timeout", "10"))
         assert {s["pool"]["max-concurrency"] for node, s in stats.items() if node.startswith("worker_0")} == {20}
-        containers = {e["container"] for e in diag.events() if e["label"].startswith("backlog")}
+        containers = {e["container"] for e in diag.events() if e["label"].startswith("rolling")}
         assert len(containers) == 2, "the backlog did not span the old and the new worker"
     finally:
         up(env_file)
@@ -250,7 +251,7 @@ def test_changing_a_worker_setting_during_a_backlog_runs_every_task_exactly_once
 
 
 def test_the_web_under_load_while_the_worker_drains_a_backlog_answers_without_errors(diag, site, report):
-    diag.enqueue(calls("diagnostics.write_row", "busy", 1000))
+    diag.enqueue(calls("diagnostics.write_row", "web-load", 1000))
     result = subprocess.run([ROOT / "scripts" / "load-web", f"{site}/account/login/",
                              "--requests", "600", "--concurrency", "8", "--max-seconds", "60"],
                             capture_output=True, text=True, check=True)
@@ -282,7 +283,7 @@ def redis_info(diag, field: str) -> int:
 
 
 def test_redis_at_maxmemory_refuses_enqueues_with_a_clear_error_and_evicts_nothing(diag, sizes, report):
-    kept = calls("diagnostics.mark", "kept", 20)
+    kept = calls("diagnostics.mark", "maxmemory-kept", 20)
     diag.supervisor("stop", "worker:*")
     try:
         diag.enqueue(kept)
