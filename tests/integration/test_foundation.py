@@ -35,6 +35,11 @@ def test_check_deploy_reports_no_errors(stack):
     assert "ERRORS:" not in output
 
 
+def test_every_model_change_has_its_migration(stack):
+    output = run_in(stack, "web", "python3", "manage.py", "makemigrations", "--check", "--dry-run")
+    assert "No changes detected" in output
+
+
 def test_supervisord_runs_every_worker_program_and_memmon(stack):
     status = run_in(stack, "worker", "supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "status")
     programs = dict(line.split()[:2] for line in status.splitlines())
