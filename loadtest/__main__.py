@@ -141,7 +141,7 @@ class LoadTest:
             rate = concurrency / (self.options.latency_ms / 1000)
             rate = min(rate, self.ceilings.get(pool, rate)) if hasattr(self, "ceilings") else rate
         else:
-            rate = 800  # above the no-op ceiling of a worker container measured here (about 300/s)
+            rate = 500  # above the no-op ceiling of a worker container measured here (about 300/s)
         return int(rate * (self.options.seconds + 5) * 1.3) + 50
 
     def summary(self, name, pool, concurrency, kind, load, records, window, idle, variant, ceiling) -> dict:
@@ -220,7 +220,7 @@ class LoadTest:
         usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}",
                                 self.stack.compose("ps", "--quiet", "worker").stdout.strip()],
                                capture_output=True, text=True).stdout.strip()
-        stream = self.stack.django_in_background(MARKS, SECONDS=str(tick + 40))
+        stream = self.stack.django_in_background(MARKS, SECONDS=str(tick + 25))
         time.sleep(3)
         limit_mib = environment.validate(worker, ["WORKER_MEMORY_LIMIT"])["WORKER_MEMORY_LIMIT"] // 2**20
         self.stack.django(GROW, MIB=str(limit_mib))
@@ -258,6 +258,7 @@ def own_stack(overlay: str, out: Path) -> Stack:
         DIAGNOSTICS_ENABLED="true")
     subprocess.run([ROOT / "scripts" / "build"], env={**os.environ, "ENV_FILE": str(env_file)}, check=True)
     stack = Stack(env_file)
+    stack.compose("--profile", "loadtest", "down", "--volumes")  # what an interrupted run left
     stack.compose("up", "--detach", "--wait")
     return stack
 

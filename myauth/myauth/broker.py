@@ -1,4 +1,4 @@
-"""Kombu's Redis transport, hardened against bad messages (README, "Guarantees").
+"""Kombu's Redis transport, hardened (README, "Why it is built this way" and "Guarantees").
 
 - A consumer that pops a message it cannot decode (not JSON, not a kombu envelope, a body that
   is not valid base64 or not a task) logs it and drops it. Kombu lets such a message crash the
@@ -8,9 +8,13 @@
   message of megabytes only eats the broker's memory, which is capped.
 - A gevent worker whose slots are all busy looks for a free one every SLOT_RECHECK_SECONDS,
   not every poll timeout (Poller).
+- Workers sweep for messages whose visibility timeout has passed every RESTORE_SWEEP_SECONDS
+  (kombu: every 100 s on an event loop, and on a gevent worker as often as it polls).
 
 celery.py selects it with `broker_transport`; everything else is kombu's Redis transport.
 """
+
+import time
 
 from celery.utils.log import get_logger
 from kombu.transport import redis
@@ -19,6 +23,7 @@ logger = get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 SLOT_RECHECK_SECONDS = 0.02
+RESTORE_SWEEP_SECONDS = 10
 # What decoding a malformed message raises: JSONDecodeError, binascii.Error and
 # UnicodeDecodeError are ValueErrors; a payload of the wrong shape raises TypeError or KeyError.
 MALFORMED = (ValueError, TypeError, KeyError)
@@ -29,6 +34,8 @@ class MessageTooLarge(ValueError):
 
 
 class Channel(redis.Channel):
+    unacked_restore_throttle = 1  # sweep whenever the Poller lets maybe_restore_messages through
+
     def _brpop_read(self, **options):
         try:
             return super()._brpop_read(**options)
@@ -62,6 +69,8 @@ class Channel(redis.Channel):
 
 
 class Poller(redis.MultiChannelPoller):
+    last_sweep = 0.0
+
     def get(self, callback, timeout=None):
         # A worker without an event loop (gevent) drains the broker in a loop of get() calls.
         # While every slot is busy kombu stops its BRPOP and waits a whole poll timeout (1-2 s)
@@ -70,6 +79,12 @@ class Poller(redis.MultiChannelPoller):
         if any(channel.active_queues and not channel.qos.can_consume() for channel in self._channels):
             timeout = min(timeout or SLOT_RECHECK_SECONDS, SLOT_RECHECK_SECONDS)
         return super().get(callback, timeout)
+
+    def maybe_restore_messages(self):
+        # Time, not kombu's count of calls: a busy gevent worker calls this 50 times a second.
+        if time.monotonic() - self.last_sweep >= RESTORE_SWEEP_SECONDS:
+            self.last_sweep = time.monotonic()
+            return super().maybe_restore_messages()
 
 
 class Transport(redis.Transport):

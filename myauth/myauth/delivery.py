@@ -45,12 +45,10 @@ def run_again_after_outages(call):
 
 
 def redeliver_after_visibility_timeout(conf, **kwargs):
-    """celeryd_init: set as a worker starts, because only consumers use these options; the web
-    app's broker_transport_options stay exactly Alliance Auth's two priority keys, which its
-    check B003 requires. Workers sweep for messages past the visibility timeout every 10 s
-    (kombu's default throttle makes that every 100 s)."""
+    """celeryd_init: set as a worker starts, because only consumers use it; the web app's
+    broker_transport_options stay exactly Alliance Auth's two priority keys, which its check
+    B003 requires. (Workers sweep for such messages every 10 s: broker.py.)"""
     conf.broker_transport_options = {
         **conf.broker_transport_options,
         "visibility_timeout": read("BROKER_VISIBILITY_TIMEOUT"),
-        "unacked_restore_throttle": 1,
     }
