@@ -50,3 +50,11 @@ def test_mariadb_root_cannot_log_in_over_the_network_even_with_its_password(stac
     assert run_in(stack, "mariadb", "sh", "-c", login.format(network="")).strip() == "1"  # on its own socket
     remote = run_in(stack, "mariadb", "sh", "-c", login.format(network=f"--protocol=tcp --host={address(stack, 'mariadb')}"))
     assert "Access denied for user 'root'" in remote, remote
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_runtime_image_carries_no_compiler_or_build_tool(built_images, image):
+    tools = "gcc cc c++ g++ make ld as pkg-config"
+    result = subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c",
+                             f"for t in {tools}; do command -v $t; done; true"], capture_output=True, text=True)
+    assert result.stdout.strip() == "", f"{image} has: {result.stdout.split()}"
