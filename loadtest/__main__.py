@@ -10,7 +10,8 @@ diagnostics tasks on), adds the ESI stub, and runs, on one host with one workloa
   compare   ESI-like tasks (an HTTP request to the stub after --latency-ms, then one database
             write) on Alliance Auth's default worker (threads, concurrency 5), a prefork worker
             with one process per core, and the overlay's gevent worker
-  sweep     the same on gevent workers of each --sweep concurrency: where the knee is
+  sweep     the same on gevent workers of each --sweep concurrency: where the knee is (with
+            MariaDB's max_connections raised to match)
   priority  a priority-2 task's queue wait while --backlog priority-7 tasks are queued
   memmon    the stack's own worker: idle memory, and how long after memmon restarts a worker
             over its limit the worker is consuming again
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from .stack import ROOT, Stack, Variant, cores, environment
 from .workload import Load, by_priority, collect, count, percentiles, throughput
 
 WARMUP = 2.0  # seconds after the load begins that throughput does not count
+SWEEP_CONNECTION_HEADROOM = 50  # the stack's own web, workers and beat, beside a swept variant
 
 
 def parse_arguments(argv: list) -> argparse.Namespace:
@@ -149,13 +152,17 @@ class LoadTest:
             window = (min((r.start for r in records), default=0), max((r.end for r in records), default=0))
         samples = [s for s in variant.samples if window[0] - WARMUP <= s[0] <= window[1] + 1] or variant.samples
         cpu = (samples[-1][2] - samples[0][2]) / (samples[-1][0] - samples[0][0]) if len(samples) > 1 else None
+        (busy_0, total_0), (busy_1, total_1) = samples[0][3], samples[-1][3]
+        host_busy = (busy_1 - busy_0) / (total_1 - total_0) if total_1 > total_0 else None
         rate = throughput(records, *window)
         io_bound = concurrency / (self.options.latency_ms / 1000) if kind == "esi" else None
         bound = min(b for b in (io_bound, ceiling) if b) if (io_bound or ceiling) else None
         return {
             "variant": name, "pool": pool, "concurrency": concurrency, "kind": kind,
             "sent": load.count, "completed": len({r.task_id for r in records}),
-            "ran_twice": len(records) - len({r.task_id for r in records}), "errors": sum(not r.ok for r in records),
+            "extra_runs": len(records) - len({r.task_id for r in records}),  # retries and redeliveries
+            "errors": sum(not r.ok for r in records),
+            "error_kinds": dict(Counter(r.error for r in records if not r.ok).most_common()),
             "tasks_per_second": round(rate, 1),
             "bound_per_second": round(bound, 1) if bound else None,
             "of_bound": round(rate / bound, 3) if bound else None,
@@ -164,6 +171,7 @@ class LoadTest:
             "rss_idle_mib": round(idle[1] / 2**20, 1),
             "rss_peak_mib": round(max(s[1] for s in variant.samples) / 2**20, 1),
             "cpu_cores": round(cpu, 2) if cpu is not None else None,
+            "host_cpu_busy": round(host_busy, 2) if host_busy is not None else None,
         }
 
     def run(self) -> dict:
@@ -182,9 +190,16 @@ class LoadTest:
             self.ceilings[pool] = self.measure(f"{name}-noop", pool, concurrency, kind="noop")["tasks_per_second"]
         for name, pool, concurrency in compare:
             self.measure(name, pool, concurrency, ceiling=self.ceilings[pool])
-        for concurrency in options.sweep:
-            if concurrency != self.gevent_concurrency:
-                self.measure(f"gevent-{concurrency}", "gevent", concurrency, ceiling=self.ceilings["gevent"])
+        # The sweep measures the pool, not the overlay's connection budget (check-sizing keeps an
+        # overlay within it): MariaDB takes every greenlet's connection while it runs.
+        budget = self.stack.max_connections()
+        self.stack.max_connections(max(budget, max(options.sweep) + SWEEP_CONNECTION_HEADROOM))
+        try:
+            for concurrency in options.sweep:
+                if concurrency != self.gevent_concurrency:
+                    self.measure(f"gevent-{concurrency}", "gevent", concurrency, ceiling=self.ceilings["gevent"])
+        finally:
+            self.stack.max_connections(budget)
         scenarios["priority"] = self.priority_wait()
         scenarios["memmon"] = self.memmon_restart()
         return {"compare": [name for name, _, _ in compare], "ceilings": self.ceilings, **scenarios}

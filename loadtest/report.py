@@ -2,16 +2,25 @@
 
 from pathlib import Path
 
-COLUMNS = ("variant", "tasks/s", "of bound", "run p50/p99 ms", "RSS idle/peak MiB", "CPU", "done", "errors")
+COLUMNS = ("variant", "tasks/s", "of bound", "run p50/p99 ms", "RSS idle/peak MiB", "CPU", "host busy", "done", "errors")
 
 
 def cells(run: dict) -> tuple:
     bound = f"{run['of_bound']:.0%} of {run['bound_per_second']:.0f}" if run["of_bound"] is not None else "-"
     run_ms = f"{run['run_ms']['p50']:.0f} / {run['run_ms']['p99']:.0f}" if run["run_ms"]["p50"] is not None else "-"
     cpu = f"{run['cpu_cores']:.2f}" if run["cpu_cores"] is not None else "-"
+    host = f"{run['host_cpu_busy']:.0%}" if run.get("host_cpu_busy") is not None else "-"
     return (f"{run['variant']} ({run['kind']})", f"{run['tasks_per_second']:.1f}", bound, run_ms,
-            f"{run['rss_idle_mib']:.0f} / {run['rss_peak_mib']:.0f}", cpu, f"{run['completed']}/{run['sent']}",
-            str(run["errors"]))
+            f"{run['rss_idle_mib']:.0f} / {run['rss_peak_mib']:.0f}", cpu, host, f"{run['completed']}/{run['sent']}",
+            errors(run))
+
+
+def errors(run: dict) -> str:
+    """The count, and what most of them were."""
+    if not run["errors"]:
+        return "0"
+    kind, times = next(iter(run["error_kinds"].items()))
+    return f"{run['errors']} ({times} x {kind})"
 
 
 def line(run: dict) -> str:

@@ -56,6 +56,12 @@ class Stack:
         """Drop every message still waiting on the load test's queue."""
         self.redis("del", QUEUE, *(f"{QUEUE}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)))
 
+    def max_connections(self, count: int = 0) -> int:
+        """MariaDB's max_connections; with count, first set it to that until MariaDB restarts."""
+        change = f"SET GLOBAL max_connections = {int(count)}; " if count else ""
+        query = f'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb --user=root -N -e "{change}SELECT @@max_connections"'
+        return int(self.compose("exec", "-T", "mariadb", "sh", "-c", query).stdout.split()[-1])
+
     def queued(self) -> int:
         return sum(int(self.redis("llen", key)) for key in [QUEUE] + [f"{QUEUE}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)])
 
@@ -80,7 +86,8 @@ class Variant:
     def __init__(self, stack: Stack, name: str, pool: str, concurrency: int):
         self.stack, self.name, self.pool, self.concurrency = stack, name, pool, concurrency
         self.container = None
-        self.samples = []  # (time, RSS bytes of the Celery processes, CPU seconds of the container)
+        # (time, RSS bytes of the Celery processes, CPU seconds of the container, host CPU (busy, total))
+        self.samples = []
 
     def command(self) -> list:
         return ["celery", "-A", "myauth", "worker", f"--pool={self.pool}", f"--concurrency={self.concurrency}",
@@ -107,7 +114,7 @@ class Variant:
                   "|| awk '/^usage_usec/ {print $2 * 1000}' /sys/fs/cgroup/cpu.stat")
         output = subprocess.run(["docker", "exec", self.container, "sh", "-c", script],
                                 capture_output=True, text=True).stdout.split()
-        sample = (time.time(), int(output[0]), int(output[1]) / 1e9)
+        sample = (time.time(), int(output[0]), int(output[1]) / 1e9, host_cpu())
         self.samples.append(sample)
         return sample
 
@@ -125,6 +132,14 @@ class Variant:
         """Warm shutdown (running tasks finish, unstarted ones go back to the queue), then remove."""
         subprocess.run(["docker", "stop", "--time", "60", self.container], capture_output=True)
         subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)
+
+
+def host_cpu() -> tuple:
+    """The host's CPU time so far, in ticks: (busy, total). Busy includes steal: time the
+    hypervisor gave to another guest is time this host could not use."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 def cores(limits: dict) -> int:

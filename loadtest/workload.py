@@ -1,7 +1,8 @@
 """What the load test sends, and what the tasks recorded of it.
 
 Tasks are sent from the web container, as a view would send them, to the queue `loadtest`;
-each records [priority, sent, start, end, pid, container, ok, task id] in the Redis list loadtest:<run>
+each records [priority, sent, start, end, pid, container, ok, task id, error] in the Redis list
+loadtest:<run>
 (diagnostics.load), so every figure comes from the tasks' own timestamps.
 """
 
@@ -68,6 +69,7 @@ class Record:
     container: str
     ok: bool
     task_id: str
+    error: str
 
     @property
     def wait(self) -> float:

@@ -82,8 +82,8 @@ def load(run: str, kind: str, sent_at: float, url: str = "", cpu_ms: float = 0) 
     """The load test's task (scripts/loadtest). kind "esi": one HTTP request to the ESI stub,
     then one small database write, as an Alliance Auth ESI update does; "cpu": cpu_ms of pure
     computation; "noop": nothing. Appends one record to the Redis list loadtest:<run>:
-    [priority, sent, start, end, pid, container, ok, task id]."""
-    request, start, ok = current_task.request, time.time(), False
+    [priority, sent, start, end, pid, container, ok, task id, error ("" when ok)]."""
+    request, start, error = current_task.request, time.time(), "did not finish"
     try:
         if kind == "esi":
             with urllib.request.urlopen(url, timeout=60) as response:
@@ -93,11 +93,14 @@ def load(run: str, kind: str, sent_at: float, url: str = "", cpu_ms: float = 0) 
             deadline = time.thread_time() + cpu_ms / 1000
             while time.thread_time() < deadline:
                 pass
-        ok = True
+        error = ""
+    except Exception as failure:
+        error = f"{type(failure).__name__}: {failure}"[:120]
+        raise
     finally:
         priority = (request.delivery_info or {}).get("priority")
         get_redis_client().rpush(f"loadtest:{run}", json.dumps(
-            [priority, sent_at, start, time.time(), os.getpid(), socket.gethostname(), ok, request.id]))
+            [priority, sent_at, start, time.time(), os.getpid(), socket.gethostname(), not error, request.id, error]))
 
 
 @shared_task(name="diagnostics.once", base=QueueOnce)
