@@ -243,8 +243,8 @@ class LoadTest:
         marks = json.loads(self.stack.redis("-n", "1", "get", "loadtest:marks") or "[]")
         gaps = [(b[0] - a[0], a[1], b[1]) for a, b in zip(marks, marks[1:])]
         restart_gap = max((g for g in gaps if g[1] != g[2]), default=None)
-        processes = {line.split(None, 1)[1][:60]: round(int(line.split()[0]) / 1024, 1)
-                     for line in idle.splitlines() if line.strip()}
+        processes = [[line.split(None, 1)[1][:80], round(int(line.split()[0]) / 1024, 1)]
+                     for line in idle.splitlines() if line.strip()]
         result = {"worker_container_idle": usage, "idle_rss_mib": processes, "memmon_tick_seconds": tick,
                   "not_consuming_seconds": round(restart_gap[0], 2) if restart_gap else None}
         print(f"memmon: worker container idle {usage}; not consuming for {result['not_consuming_seconds']} s "
