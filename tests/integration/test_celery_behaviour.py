@@ -10,20 +10,6 @@ import subprocess
 import pytest
 
 from tests.conftest import check_sizing
-from tests.integration.diagnostics import Diagnostics
-
-
-@pytest.fixture(scope="module")
-def sizes(env_file) -> dict:
-    services = check_sizing.compose_model(["--env-file", str(env_file)])["services"]
-    return {**services["worker"]["environment"], **services["worker-cpu"]["environment"]}
-
-
-@pytest.fixture
-def diag(stack):
-    diagnostics = Diagnostics(stack)
-    diagnostics.reset()
-    return diagnostics
 
 
 def labels(events, prefix):

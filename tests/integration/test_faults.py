@@ -11,26 +11,11 @@ import subprocess
 import threading
 import time
 
-import pytest
 import requests
 
 from tests.conftest import ROOT, check_sizing, inspect, run_in
-from tests.integration.diagnostics import Diagnostics
 
 RESTORE_SWEEP = 10  # seconds between the workers' sweeps for messages past the visibility timeout
-
-
-@pytest.fixture(scope="module")
-def sizes(env_file) -> dict:
-    services = check_sizing.compose_model(["--env-file", str(env_file)])["services"]
-    return {**services["redis"]["environment"], **services["worker"]["environment"]}
-
-
-@pytest.fixture
-def diag(stack):
-    diagnostics = Diagnostics(stack)
-    diagnostics.reset()
-    return diagnostics
 
 
 def calls(task: str, prefix: str, count: int, *args, **options) -> list:

@@ -1,0 +1,22 @@
+"""Fixtures of the tests that drive the running test stack with the diagnostics tasks."""
+
+import pytest
+
+from tests.conftest import check_sizing
+from tests.integration.diagnostics import Diagnostics
+
+
+@pytest.fixture(scope="session")
+def sizes(env_file) -> dict:
+    """The sizes the test stack runs with: the environments of redis, worker and worker-cpu."""
+    services = check_sizing.compose_model(["--env-file", str(env_file)])["services"]
+    return {**services["redis"]["environment"], **services["worker"]["environment"],
+            **services["worker-cpu"]["environment"]}
+
+
+@pytest.fixture
+def diag(stack):
+    """Diagnostics on a stack that has finished every earlier test's tasks."""
+    diagnostics = Diagnostics(stack)
+    diagnostics.reset()
+    return diagnostics
