@@ -2,8 +2,7 @@
 
 Tasks are sent from the web container, as a view would send them, to the queue `loadtest`;
 each records [priority, sent, start, end, pid, container, ok, task id, error] in the Redis list
-loadtest:<run>
-(diagnostics.load), so every figure comes from the tasks' own timestamps.
+loadtest:<run> (diagnostics.load), so every figure comes from the tasks' own timestamps.
 """
 
 import json
