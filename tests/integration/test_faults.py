@@ -11,11 +11,16 @@ import subprocess
 import threading
 import time
 
+import pytest
 import requests
 
 from tests.conftest import ROOT, check_sizing, inspect, run_in
 
-RESTORE_SWEEP = 10  # seconds between the workers' sweeps for messages past the visibility timeout
+
+@pytest.fixture(scope="module")
+def restore_sweep(stack) -> int:
+    """Seconds between the workers' sweeps for messages past the visibility timeout (broker.py)."""
+    return int(run_in(stack, "worker", "python3", "-c", "from myauth.broker import RESTORE_SWEEP_SECONDS; print(RESTORE_SWEEP_SECONDS)"))
 
 
 def calls(task: str, prefix: str, count: int, *args, **options) -> list:
@@ -26,7 +31,7 @@ def labels(batch: list) -> set:
     return {call[1][0] for call in batch}
 
 
-def test_a_killed_worker_comes_back_by_itself_and_every_task_it_held_runs_again(diag, sizes, report):
+def test_a_killed_worker_comes_back_by_itself_and_every_task_it_held_runs_again(diag, sizes, restore_sweep, report):
     slots, visibility = int(sizes["WORKER_CONCURRENCY"]), int(sizes["BROKER_VISIBILITY_TIMEOUT"])
     held = calls("diagnostics.sleep", "killed-held", slots, 5)
     queued = calls("diagnostics.mark", "killed-queued", 30)
@@ -37,7 +42,7 @@ def test_a_killed_worker_comes_back_by_itself_and_every_task_it_held_runs_again(
     killed_at = diag.crash("worker")
     diag.wait_restarted("worker", started_at)
     healthy_after = time.time() - killed_at
-    events = diag.wait_until_ended(labels(held + queued), visibility + RESTORE_SWEEP + 60)
+    events = diag.wait_until_ended(labels(held + queued), visibility + restore_sweep + 60)
 
     runs = diag.runs()
     assert all(runs[label] == 1 for label in labels(queued)), "a task still queued at the kill ran twice"
@@ -46,10 +51,10 @@ def test_a_killed_worker_comes_back_by_itself_and_every_task_it_held_runs_again(
     rerun_starts = [e["time"] for e in events if e["event"] == "start" and e["label"] in labels(held) and e["time"] > killed_at]
     assert len(rerun_starts) == slots and all(runs[label] == 2 for label in labels(held))
     recovered_after = max(rerun_starts) - killed_at
-    assert recovered_after <= visibility + RESTORE_SWEEP + 5
+    assert recovered_after <= visibility + restore_sweep + 5
     report(f"worker SIGKILL: container healthy again after {healthy_after:.0f} s; its {slots} running tasks ran "
            f"again {min(rerun_starts) - killed_at:.0f}-{recovered_after:.0f} s after the kill "
-           f"(visibility timeout {visibility} s + sweep <= {RESTORE_SWEEP} s); none lost")
+           f"(visibility timeout {visibility} s + sweep <= {restore_sweep} s); none lost")
 
 
 def oom_kills(diag) -> int:
@@ -59,7 +64,7 @@ def oom_kills(diag) -> int:
     return int(next(line.split()[1] for line in counters.splitlines() if line.startswith("oom_kill ")))
 
 
-def test_a_worker_the_kernel_oom_kills_is_restarted_and_every_task_it_held_runs_again(diag, sizes, report):
+def test_a_worker_the_kernel_oom_kills_is_restarted_and_every_task_it_held_runs_again(diag, sizes, restore_sweep, report):
     container_limit_mib = inspect(diag.compose("ps", "--quiet", "worker").stdout.strip())["HostConfig"]["Memory"] // 2**20
     visibility = int(sizes["BROKER_VISIBILITY_TIMEOUT"])
     before, kills_before = diag.supervisor_pids(), oom_kills(diag)
@@ -82,7 +87,7 @@ def test_a_worker_the_kernel_oom_kills_is_restarted_and_every_task_it_held_runs_
         assert "exited: worker_00 (terminated by SIGKILL; not expected)" in diag.logs("worker")
         assert diag.container_state("worker")["StartedAt"] == started_at, "the container itself was restarted"
 
-        diag.wait_until_ended(labels(held + leaks), visibility + RESTORE_SWEEP + 60)
+        diag.wait_until_ended(labels(held + leaks), visibility + restore_sweep + 60)
         assert all(diag.runs()[label] == 2 for label in labels(held)), "a task killed with the worker did not run again"
         report(f"OOM kill of worker_00 (memmon off, a leak passing the {container_limit_mib} MiB container limit): "
                f"supervisord restarted it; the 10 tasks it was running ran again and finished "
