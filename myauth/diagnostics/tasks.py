@@ -67,9 +67,11 @@ def burn_cpu(label: str, seconds: float) -> int:
 
 
 @shared_task(name="diagnostics.hold_memory")
-def hold_memory(label: str, mib: int) -> None:
-    """Grows the process by `mib` MiB and keeps it, like a leak, until the process restarts."""
+def hold_memory(label: str, mib: int, after_seconds: float = 0) -> None:
+    """Grows the process by `mib` MiB and keeps it, like a leak, until the process restarts;
+    after waiting `after_seconds` (cooperatively), e.g. until the worker has fetched every task."""
     record(label, "start")
+    time.sleep(after_seconds)
     block = bytearray(mib * 1024 * 1024)
     for offset in range(0, len(block), 4096):  # touch every page, so it counts in RSS
         block[offset] = 1
