@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import report
 from .stack import ROOT, Stack, Variant, cores, environment
-from .workload import Load, by_priority, collect, count, percentiles, throughput
+from .workload import Load, by_priority, collect, completed, percentiles, throughput
 
 WARMUP = 2.0  # seconds after the load begins that throughput does not count
 SWEEP_CONNECTION_HEADROOM = 50  # the stack's own web, workers and beat, beside a swept variant
@@ -118,7 +118,7 @@ class LoadTest:
             sampler = variant.sample_while(running)
             if self.options.quick:
                 deadline = time.monotonic() + 300
-                while count(self.stack, load.run) < load.count and time.monotonic() < deadline:
+                while completed(self.stack, load.run) < load.count and time.monotonic() < deadline:
                     time.sleep(0.5)
                 window = None  # the records' own span: first start to last end
             else:

@@ -87,8 +87,10 @@ def collect(stack: Stack, run: str) -> list:
     return [Record(*json.loads(line)) for line in lines if line]
 
 
-def count(stack: Stack, run: str) -> int:
-    return int(stack.redis("-n", "1", "llen", f"loadtest:{run}"))
+def completed(stack: Stack, run: str) -> int:
+    """Tasks of the run that have finished, each counted once however often it ran."""
+    lines = stack.redis("-n", "1", "lrange", f"loadtest:{run}", "0", "-1").splitlines()
+    return len({Record(*json.loads(line)).task_id for line in lines if line})
 
 
 def percentiles(values: list) -> dict:
