@@ -1,10 +1,9 @@
-"""The stack's delivery policy: at least once (README, "Guarantees").
+"""The stack's delivery policy (README, "Guarantees"): each task runs once while its worker
+lives, and again if its worker dies before it returns.
 
 - A task is acknowledged when it returns, also when it fails or times out (acks late), so a
-  worker killed mid-task leaves its message in Redis; a prefork child killed mid-task has its
-  task requeued.
-- Redis hands such a message to a worker again BROKER_VISIBILITY_TIMEOUT seconds after its
-  delivery. That must outlast the task time limit and every countdown/ETA, or tasks run twice.
+  worker killed mid-task leaves its message held in Redis, and a live worker hands it back once
+  the dead one's lease expires (broker.py); a prefork child killed mid-task has its task requeued.
 - A task that fails only because the database or Redis was unreachable (a restart, a
   failover) is run again rather than failed.
 """
@@ -37,17 +36,17 @@ def run_again_after_outages(call):
             countdown = min(5 * 2 ** task.request.retries, 60)
             raise task.retry(exc=error, countdown=countdown, max_retries=DATABASE_OUTAGE_RETRIES)
         except REDIS_OUTAGE as error:
-            # Redis is the broker too, so no retry can be sent now: hand the message back. It is
-            # requeued once Redis answers again, or after the visibility timeout if the worker
-            # cannot tell Redis either.
+            # Redis is the broker too, so no retry can be sent now: hand the message back. If
+            # Redis cannot take it now, the worker's next broker connection hands it back.
             raise Reject(error, requeue=True)
     return call_or_run_again
 
 
 def redeliver_after_visibility_timeout(conf, **kwargs):
-    """celeryd_init: set as a worker starts, because only consumers use it; the web app's
-    broker_transport_options stay exactly Alliance Auth's two priority keys, which its check
-    B003 requires. (Workers sweep for such messages every 10 s: broker.py.)"""
+    """celeryd_init: kombu's own redelivery, for messages recorded by kombu's transport (a
+    worker of an older release of this stack; broker.py). Set as a worker starts, because only
+    consumers use it; the web app's broker_transport_options stay exactly Alliance Auth's two
+    priority keys, which its check B003 requires."""
     conf.broker_transport_options = {
         **conf.broker_transport_options,
         "visibility_timeout": read("BROKER_VISIBILITY_TIMEOUT"),
