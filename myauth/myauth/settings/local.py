@@ -58,6 +58,13 @@ DATABASES["default"] = {  # noqa: F405
 _REDIS = f"redis://:{read('REDIS_PASSWORD')}@redis:6379"
 BROKER_URL = f"{_REDIS}/0"
 CACHES["default"]["LOCATION"] = f"{_REDIS}/1"  # noqa: F405
+# redis-py's pool raises "Too many connections" past 100; a gevent worker's greenlets outnumber
+# that, and a task that meets the error is treated as a Redis outage and run again
+# (delivery.py). Wait for a free connection instead.
+CACHES["default"]["OPTIONS"] = {  # noqa: F405
+    "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
+    "CONNECTION_POOL_KWARGS": {"max_connections": 50, "timeout": 20},
+}
 
 # Beat: Alliance Auth's OffsetDatabaseScheduler, plus the liveness file the health check reads.
 CELERYBEAT_SCHEDULER = "myauth.beat.LivenessScheduler"
