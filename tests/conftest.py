@@ -115,6 +115,11 @@ def run_in(stack: DockerCompose, service: str, *command: str) -> str:
     return result.stdout
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full-soak", action="store_true",
+                     help="the delivery soak at full length (10,000 tasks, 6 kills) instead of CI's short one")
+
+
 MEASURED = []
 
 

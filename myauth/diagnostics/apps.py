@@ -1,4 +1,19 @@
+import os
+import time
+from pathlib import Path
+
 from django.apps import AppConfig
+
+# A worker started with this variable stops right after its first fetch, the instant kombu's own
+# transport had popped a message and not yet recorded it, and writes the message's delivery tag
+# to HELD_AFTER_FETCH, so that a test can kill it exactly there (tests/integration/test_delivery.py).
+HOLD_AFTER_FETCH = "DIAGNOSTICS_HOLD_AFTER_FETCH_SECONDS"
+HELD_AFTER_FETCH = Path("/tmp/diagnostics-held-after-fetch")
+
+
+def hold_after_fetch(tag: str) -> None:
+    HELD_AFTER_FETCH.write_text(tag)
+    time.sleep(float(os.environ[HOLD_AFTER_FETCH]))
 
 
 class DiagnosticsConfig(AppConfig):
@@ -7,3 +22,9 @@ class DiagnosticsConfig(AppConfig):
 
     name = "diagnostics"
     default_auto_field = "django.db.models.AutoField"
+
+    def ready(self):
+        if os.environ.get(HOLD_AFTER_FETCH):
+            from myauth import broker
+
+            broker.after_fetch = hold_after_fetch

@@ -47,6 +47,17 @@ def write_row(label: str) -> None:
     record(label, "end")
 
 
+@shared_task(name="diagnostics.esi_update")
+def esi_update(label: str, url: str) -> None:
+    """Like an Alliance Auth ESI update: one HTTP request (to the load test's ESI stub), then one
+    database row."""
+    record(label, "start")
+    with urllib.request.urlopen(url, timeout=60) as response:
+        response.read()
+    TaskRow.objects.create(label=label, task_id=current_task.request.id)
+    record(label, "end")
+
+
 @shared_task(name="diagnostics.sleep")
 def sleep(label: str, seconds: float) -> None:
     """Waits like an I/O call: cooperative under gevent (time.sleep is patched), so other tasks run."""
@@ -84,7 +95,7 @@ def load(run: str, kind: str, sent_at: float, url: str = "", cpu_ms: float = 0) 
     """The load test's task (scripts/loadtest). kind "esi": one HTTP request to the ESI stub,
     then one small database write, as an Alliance Auth ESI update does; "cpu": cpu_ms of pure
     computation; "noop": nothing. Appends one record to the Redis list loadtest:<run>:
-    [priority, sent, start, end, pid, container, ok, task id, error ("" when ok)]."""
+    [priority, sent, start, end, pid, container, ok, task id, error ("" when ok), redelivered]."""
     request, start, error = current_task.request, time.time(), "did not finish"
     try:
         if kind == "esi":
@@ -100,9 +111,10 @@ def load(run: str, kind: str, sent_at: float, url: str = "", cpu_ms: float = 0) 
         error = f"{type(failure).__name__}: {failure}"[:120]
         raise
     finally:
-        priority = (request.delivery_info or {}).get("priority")
+        info = request.delivery_info or {}
         get_redis_client().rpush(f"loadtest:{run}", json.dumps(
-            [priority, sent_at, start, time.time(), os.getpid(), socket.gethostname(), not error, request.id, error]))
+            [info.get("priority"), sent_at, start, time.time(), os.getpid(), socket.gethostname(), not error,
+             request.id, error, bool(info.get("redelivered"))]))
 
 
 @shared_task(name="diagnostics.once", base=QueueOnce)

@@ -5,6 +5,9 @@ import pytest
 from tests.conftest import check_sizing
 from tests.integration.diagnostics import Diagnostics
 
+# README "Guarantees": the tasks a dead worker process held run again this soon after its death.
+RERUN_WITHIN_SECONDS = 30
+
 
 @pytest.fixture(scope="session")
 def sizes(env_file) -> dict:

@@ -5,13 +5,14 @@ and end (time, node, pid, priority) in Redis, and the tests read those records, 
 state and the containers' logs.
 """
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import time
 
-from tests.conftest import inspect, run_in
+from tests.conftest import ROOT, inspect, run_in
 
 ENQUEUE = """
 import json, os
@@ -31,8 +32,8 @@ class Diagnostics:
     def __init__(self, stack):
         self.stack = stack
 
-    def compose(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.stack.docker_compose_command(), *args], capture_output=True, text=True, check=True)
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.stack.docker_compose_command(), *args], capture_output=True, text=True, check=check)
 
     def enqueue(self, calls: list) -> list:
         """[(task name, args, apply_async options), ...] -> task ids (None where QueueOnce declined)."""
@@ -100,6 +101,40 @@ class Diagnostics:
         """Messages workers have taken and not yet acknowledged (kombu's unacked hash)."""
         return int(self.redis("hlen", "unacked"))
 
+    def lease_settings(self) -> dict:
+        """LEASE_PREFIX, HELD_PREFIX, UNACKED, LEASE_SECONDS and BEAT_SECONDS, as the worker has them (lease.py)."""
+        if not hasattr(self, "_lease_settings"):
+            script = ("import json; from myauth import lease; print(json.dumps({name: getattr(lease, name) for name in "
+                      "('LEASE_PREFIX', 'HELD_PREFIX', 'UNACKED', 'LEASE_SECONDS', 'BEAT_SECONDS')}))")
+            Diagnostics._lease_settings = json.loads(run_in(self.stack, "worker", "python3", "-c", script))
+        return self._lease_settings
+
+    def leases(self) -> dict:
+        """{lease id: milliseconds it has left} of every worker process's lease."""
+        prefix = self.lease_settings()["LEASE_PREFIX"]
+        keys = self.redis("--scan", "--pattern", f"{prefix}*").split()
+        return {key[len(prefix):]: int(self.redis("pttl", key)) for key in keys}
+
+    def held(self) -> dict:
+        """{lease id: {delivery tag: list it was taken from}} of every worker process that holds messages."""
+        prefix = self.lease_settings()["HELD_PREFIX"]
+        held = {}
+        for key in self.redis("--scan", "--pattern", f"{prefix}*").split():
+            fields = self.redis("hgetall", key).splitlines()
+            held[key[len(prefix):]] = dict(zip(fields[::2], fields[1::2]))
+        return held
+
+    def labels_held(self, leases) -> set:
+        """The labels of the tasks held under these leases, read from the messages the broker keeps."""
+        labels = set()
+        for lease, tags in self.held().items():
+            if lease in leases and tags:
+                entries = self.redis("hmget", self.lease_settings()["UNACKED"], *tags).splitlines()
+                for entry in filter(None, entries):  # (one acknowledged since: gone)
+                    message = json.loads(entry)[0]
+                    labels.add(json.loads(base64.b64decode(message["body"]))[0][0])
+        return labels
+
     def runs(self) -> dict:
         """{label: how many times a task with it started}."""
         counts = {}
@@ -120,6 +155,22 @@ class Diagnostics:
             if state == "RUNNING":
                 pids[name] = int(rest[1].rstrip(","))
         return pids
+
+    @staticmethod
+    def with_worker_environment(env_file, directory, **environment: str):
+        """A copy of a stack's env file whose COMPOSE_FILE adds these worker settings."""
+        override, changed = directory / "worker-override.yaml", directory / "changed.env"
+        override.write_text(json.dumps({"services": {"worker": {"environment": environment}}}))
+        text = env_file.read_text()
+        compose_file = next(line for line in text.splitlines() if line.startswith("COMPOSE_FILE="))
+        changed.write_text(text.replace(compose_file, f"{compose_file}:{override}"))
+        return changed
+
+    @staticmethod
+    def up_worker(env_file) -> None:
+        """`docker compose up -d` of the worker with this env file, as an operator applies a change."""
+        subprocess.run(["docker", "compose", "--env-file", str(env_file), "up", "--detach", "--no-deps", "--wait", "worker"],
+                       cwd=ROOT, check=True, capture_output=True)
 
     def container_state(self, service: str) -> dict:
         container_id = self.compose("ps", "--all", "--quiet", service).stdout.strip()

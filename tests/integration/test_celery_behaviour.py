@@ -101,14 +101,14 @@ def test_queue_once_task_of_a_killed_worker_keeps_its_lock_until_it_has_run_agai
     diag.wait_for(lambda: diag.started("killed"), 30, "the task to start")
     started_at = diag.container_state("worker")["StartedAt"]
     diag.crash("worker")
-    diag.wait_restarted("worker", started_at)
 
-    # The task will run again (acks late: it goes back to Redis after the visibility timeout), so
-    # its lock, taken at enqueue, rightly still declines a duplicate meanwhile.
+    # The task will run again (acks late: a live worker hands it back once the dead one's lease
+    # expires), so its lock, taken at enqueue, rightly still declines a duplicate meanwhile.
     duplicate, = diag.enqueue([call])
     assert duplicate is None
     lock_keys = diag.redis("-n", "1", "--scan", "--pattern", "*qo_diagnostics.once*killed*").split()
     assert len(lock_keys) == 1
+    diag.wait_restarted("worker", started_at)
 
     # Redelivered, it runs to its end and releases the lock: the same call is accepted again.
     diag.wait_until_ended(["killed"], 120)
