@@ -33,8 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import report
-from .stack import ROOT, Stack, Variant, cores, environment
-from .workload import Load, by_priority, collect, completed, percentiles, throughput
+from .stack import ROOT, Stack, Variant, cores, environment, idle_cpu
+from .workload import Load, by_priority, collect, completed, extra_runs, percentiles, throughput
 
 WARMUP = 2.0  # seconds after the load begins that throughput does not count
 SWEEP_CONNECTION_HEADROOM = 50  # the stack's own web, workers and beat, beside a swept variant
@@ -52,7 +52,7 @@ def parse_arguments(argv: list) -> argparse.Namespace:
     parser.add_argument("--jitter-ms", type=float, default=100)
     parser.add_argument("--mix", default="esi=100", help="kinds of task in percent, e.g. esi=90,cpu=5,noop=5")
     parser.add_argument("--priorities", default="7=80,5=15,2=5", help="priorities in percent")
-    parser.add_argument("--sweep", default="10,25,50,100,200", help="gevent concurrencies to sweep")
+    parser.add_argument("--sweep", default="10,25,50,100,200,500", help="gevent concurrencies to sweep")
     parser.add_argument("--backlog", type=int, default=10000, help="priority-7 tasks queued in the priority run")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "loadtest")
     options = parser.parse_args(argv)
@@ -134,6 +134,7 @@ class LoadTest:
             self.stack.purge()
         records = collect(self.stack, load.run)
         result = self.summary(name, pool, concurrency, kind, load, records, window, idle, variant, ceiling)
+        result["broker_trouble"] = variant.broker_trouble()
         self.results.append(result)
         print(report.line(result), flush=True)
         return result
@@ -160,7 +161,7 @@ class LoadTest:
         return {
             "variant": name, "pool": pool, "concurrency": concurrency, "kind": kind,
             "sent": load.count, "completed": len({r.task_id for r in records}),
-            "extra_runs": len(records) - len({r.task_id for r in records}),  # retries and redeliveries
+            "extra_runs": extra_runs(records),
             "errors": sum(not r.ok for r in records),
             "error_kinds": dict(Counter(r.error for r in records if not r.ok).most_common()),
             "tasks_per_second": round(rate, 1),
@@ -232,9 +233,10 @@ class LoadTest:
         worker = self.stack.model()["services"]["worker"]["environment"]
         tick = int(worker["MEMMON_TICK"])
         idle = self.stack.compose("exec", "-T", "worker", "sh", "-c", "ps -eo rss=,args=").stdout
-        usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}",
-                                self.stack.compose("ps", "--quiet", "worker").stdout.strip()],
+        container = self.stack.compose("ps", "--quiet", "worker").stdout.strip()
+        usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
                                capture_output=True, text=True).stdout.strip()
+        idle_cores = idle_cpu(container)
         stream = self.stack.django_in_background(MARKS, SECONDS=str(tick + 25))
         time.sleep(3)
         limit_mib = environment.validate(worker, ["WORKER_MEMORY_LIMIT"])["WORKER_MEMORY_LIMIT"] // 2**20
@@ -245,10 +247,11 @@ class LoadTest:
         restart_gap = max((g for g in gaps if g[1] != g[2]), default=None)
         processes = [[line.split(None, 1)[1][:80], round(int(line.split()[0]) / 1024, 1)]
                      for line in idle.splitlines() if line.strip()]
-        result = {"worker_container_idle": usage, "idle_rss_mib": processes, "memmon_tick_seconds": tick,
+        result = {"worker_container_idle": usage, "worker_container_idle_cpu": round(idle_cores, 4),
+                  "idle_rss_mib": processes, "memmon_tick_seconds": tick,
                   "not_consuming_seconds": round(restart_gap[0], 2) if restart_gap else None}
-        print(f"memmon: worker container idle {usage}; not consuming for {result['not_consuming_seconds']} s "
-              f"around the restart", flush=True)
+        print(f"memmon: worker container idle {usage}, {idle_cores:.2%} of a core; not consuming for "
+              f"{result['not_consuming_seconds']} s around the restart", flush=True)
         return result
 
 

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-COLUMNS = ("variant", "tasks/s", "of bound", "run p50/p99 ms", "RSS idle/peak MiB", "CPU", "host busy", "done", "errors")
+COLUMNS = ("variant", "tasks/s", "of bound", "run p50/p99 ms", "RSS idle/peak MiB", "CPU", "host busy", "done", "errors",
+           "extra runs")
 
 
 def cells(run: dict) -> tuple:
@@ -12,7 +13,15 @@ def cells(run: dict) -> tuple:
     host = f"{run['host_cpu_busy']:.0%}" if run.get("host_cpu_busy") is not None else "-"
     return (f"{run['variant']} ({run['kind']})", f"{run['tasks_per_second']:.1f}", bound, run_ms,
             f"{run['rss_idle_mib']:.0f} / {run['rss_peak_mib']:.0f}", cpu, host, f"{run['completed']}/{run['sent']}",
-            errors(run))
+            errors(run), extra(run))
+
+
+def extra(run: dict) -> str:
+    """Runs beyond a task's first (how many were redeliveries), and any broker trouble in the log."""
+    runs = run["extra_runs"]
+    text = f"{runs['count']} ({runs['redelivered']} redelivered)" if runs["count"] else "0"
+    trouble = ", ".join(f"{times} x {line}" for line, times in run.get("broker_trouble", {}).items())
+    return f"{text}; log: {trouble}" if trouble else text
 
 
 def errors(run: dict) -> str:
@@ -43,7 +52,8 @@ def table(result: dict) -> str:
                     f"({priority['priority_2_completed']}/{priority['priority_2_sent']} ran).")
     if "memmon" in result:
         memmon = result["memmon"]
-        rows.append(f"Worker container at idle: {memmon['worker_container_idle']}; around a memmon restart the "
+        rows.append(f"Worker container at idle: {memmon['worker_container_idle']}, "
+                    f"{memmon['worker_container_idle_cpu']:.2%} of a core; around a memmon restart the "
                     f"worker did not consume for {memmon['not_consuming_seconds']} s.")
     return "\n".join(rows)
 

@@ -19,6 +19,8 @@ import environment  # noqa: E402
 
 QUEUE = "loadtest"
 PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis key for priority p > 0: "<queue>\x06\x16<p>"
+# What a worker logs when its broker connection fails it (myauth/broker.py): none of them may appear.
+BROKER_TROUBLE = ("Couldn't ack", "Too many connections", "Connection to broker lost", "Restoring")
 
 
 class Stack:
@@ -109,9 +111,7 @@ class Variant:
 
     def sample(self) -> tuple:
         """RSS of the Celery processes (a prefork pool's children included) and the container's CPU seconds."""
-        script = ("ps -eo rss=,args= | awk '/[c]elery -A myauth/ {s += $1} END {print s * 1024}'; "
-                  "cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null "
-                  "|| awk '/^usage_usec/ {print $2 * 1000}' /sys/fs/cgroup/cpu.stat")
+        script = "ps -eo rss=,args= | awk '/[c]elery -A myauth/ {s += $1} END {print s * 1024}'; " + CPU_NANOSECONDS
         output = subprocess.run(["docker", "exec", self.container, "sh", "-c", script],
                                 capture_output=True, text=True).stdout.split()
         sample = (time.time(), int(output[0]), int(output[1]) / 1e9, host_cpu())
@@ -128,10 +128,31 @@ class Variant:
         thread.start()
         return thread
 
+    def broker_trouble(self) -> dict:
+        """How often each line of BROKER_TROUBLE appeared in the worker's log (kept after stop())."""
+        return {line: self.log.count(line) for line in BROKER_TROUBLE if line in self.log}
+
     def stop(self) -> None:
         """Warm shutdown (running tasks finish, unstarted ones go back to the queue), then remove."""
         subprocess.run(["docker", "stop", "--time", "60", self.container], capture_output=True)
+        self.log = self.logs()
         subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)
+
+
+CPU_NANOSECONDS = ("cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null "
+                   "|| awk '/^usage_usec/ {print $2 * 1000}' /sys/fs/cgroup/cpu.stat")
+
+
+def idle_cpu(container: str, seconds: float = 30) -> float:
+    """The share of one core a container uses over `seconds` (the shell that reads it included)."""
+    def used() -> float:
+        output = subprocess.run(["docker", "exec", container, "sh", "-c", CPU_NANOSECONDS],
+                                capture_output=True, text=True, check=True).stdout
+        return int(output.split()[0]) / 1e9
+
+    before, began = used(), time.monotonic()
+    time.sleep(seconds)
+    return (used() - before) / (time.monotonic() - began)
 
 
 def host_cpu() -> tuple:

@@ -1,8 +1,8 @@
 """What the load test sends, and what the tasks recorded of it.
 
 Tasks are sent from the web container, as a view would send them, to the queue `loadtest`;
-each records [priority, sent, start, end, pid, container, ok, task id, error] in the Redis list
-loadtest:<run> (diagnostics.load), so every figure comes from the tasks' own timestamps.
+each records [priority, sent, start, end, pid, container, ok, task id, error, redelivered] in the
+Redis list loadtest:<run> (diagnostics.load), so every figure comes from the tasks' own timestamps.
 """
 
 import json
@@ -69,6 +69,7 @@ class Record:
     ok: bool
     task_id: str
     error: str
+    redelivered: bool  # the broker handed the message out again (a worker died holding it)
 
     @property
     def wait(self) -> float:
@@ -91,6 +92,17 @@ def completed(stack: Stack, run: str) -> int:
     """Tasks of the run that have finished, each counted once however often it ran."""
     lines = stack.redis("-n", "1", "lrange", f"loadtest:{run}", "0", "-1").splitlines()
     return len({Record(*json.loads(line)).task_id for line in lines if line})
+
+
+def extra_runs(records: list) -> dict:
+    """Runs of a task beyond its first, and how many of them the broker had marked as redelivered."""
+    seen, extra = set(), []
+    for record in sorted(records, key=lambda r: r.start):
+        if record.task_id in seen:
+            extra.append(record)
+        seen.add(record.task_id)
+    return {"count": len(extra), "redelivered": sum(r.redelivered for r in extra),
+            "task_ids": [r.task_id for r in extra][:20]}
 
 
 def percentiles(values: list) -> dict:
