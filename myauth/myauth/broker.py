@@ -26,7 +26,8 @@ What this transport does instead (the bookkeeping is lease.py):
   pushes its messages back within LEASE_SECONDS + BEAT_SECONDS.
 - Wait: an idle worker does not poll. Redis publishes every push onto a list (keyspace events,
   `notify-keyspace-events El` in config/redis/redis.conf), and a worker fetches when one of its
-  lists got one, or every IDLE_RECHECK_SECONDS in case Redis publishes nothing.
+  lists got one. It also looks every IDLE_RECHECK_WITH_EVENTS_SECONDS, in case an event was
+  missed, and every IDLE_RECHECK_SECONDS where Redis publishes no such events (a managed Redis).
 - Acknowledgements wait for a free connection instead of failing; one that Redis cannot take is
   retried until it can. A broker reconnection hands back only the messages whose tasks have not
   started; running tasks stay held and are acknowledged when they end.
@@ -56,6 +57,7 @@ logger = get_logger(__name__)
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 SLOT_RECHECK_SECONDS = 0.02
 IDLE_RECHECK_SECONDS = 1
+IDLE_RECHECK_WITH_EVENTS_SECONDS = 30
 RESTORE_SWEEP_SECONDS = 10  # kombu's own sweep, for messages an older release's worker recorded
 PUSH_EVENTS = ("lpush", "rpush")
 # What decoding a malformed message raises: JSONDecodeError, binascii.Error and
@@ -82,14 +84,17 @@ def running_delivery_tags() -> set:
             if request in started or request._apply_result is not None}
 
 
-def warn_without_push_events(client) -> None:
+def publishes_pushes(client) -> bool:
+    """Whether Redis publishes an event for every push onto a list; warns when it does not."""
     try:
         events = client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
     except ResponseError:  # CONFIG may be disabled on a managed Redis
-        return
-    if "E" not in events or not ({"l", "A"} & set(events)):
-        logger.warning("Redis publishes no list events (notify-keyspace-events is %r, wants 'El'): an idle "
-                       "worker finds a new task within %s s instead of at once", events, IDLE_RECHECK_SECONDS)
+        events = "?"
+    if "E" in events and {"l", "A"} & set(events):
+        return True
+    logger.warning("Redis publishes no list events (notify-keyspace-events is %r, wants 'El'): an idle "
+                   "worker finds a new task within %s s instead of at once", events, IDLE_RECHECK_SECONDS)
+    return False
 
 
 class QoS(redis.QoS):
@@ -135,6 +140,7 @@ class Channel(redis.Channel):
     QoS = QoS
     unacked_restore_throttle = 1  # kombu's sweep runs whenever the Poller lets it (RESTORE_SWEEP_SECONDS)
     _lease = None
+    _idle_recheck = IDLE_RECHECK_SECONDS
     _in_wake = None  # the connection subscribed to push events, once subscribed
 
     def __init__(self, *args, **kwargs):
@@ -151,7 +157,8 @@ class Channel(redis.Channel):
         if self._lease is None:
             self._lease = leases.lease_for(self._connparams())
             self._lease.channels.add(self)
-            warn_without_push_events(self._lease.client)
+            self._idle_recheck = IDLE_RECHECK_WITH_EVENTS_SECONDS if publishes_pushes(self._lease.client) \
+                else IDLE_RECHECK_SECONDS
         return self._lease
 
     def fetch_in_flight(self) -> bool:
@@ -197,7 +204,7 @@ class Channel(redis.Channel):
             # Nothing to acknowledge, so nothing to hold (Celery's replies to a control command).
             self._fetching = False
             return super()._brpop_start(timeout)
-        if not self._wake and time.monotonic() - self._fetched_at < IDLE_RECHECK_SECONDS:
+        if not self._wake and time.monotonic() - self._fetched_at < self._idle_recheck:
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:

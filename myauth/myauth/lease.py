@@ -221,7 +221,7 @@ class Lease:
                 logger.exception("Lease %s: heartbeat failed; retrying in %d s", self.id, BEAT_SECONDS)
 
     def renew(self, client) -> None:
-        with client.pipeline() as pipe:
+        with client.pipeline(transaction=False) as pipe:
             existed, _ = pipe.exists(self.key).set(self.key, self.describe(), px=LEASE_SECONDS * 1000).execute()
         if not existed and self.renewed_once:
             logger.error("Lease %s had expired (not renewed for %d s): what this worker held may have "
