@@ -19,8 +19,10 @@ import environment  # noqa: E402
 
 QUEUE = "loadtest"
 PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis key for priority p > 0: "<queue>\x06\x16<p>"
-# What a worker logs when its broker connection fails it (myauth/broker.py): none of them may appear.
-BROKER_TROUBLE = ("Couldn't ack", "Too many connections", "Connection to broker lost", "Restoring")
+# What a worker logs when its broker connection fails it, or when a live worker was taken for dead
+# (myauth/broker.py, lease.py): none of them may appear.
+BROKER_TROUBLE = ("Couldn't ack", "Too many connections", "Connection to broker lost", "Restoring",
+                  "lease expired", "had expired")
 
 
 class Stack:

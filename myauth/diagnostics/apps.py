@@ -4,9 +4,9 @@ from pathlib import Path
 
 from django.apps import AppConfig
 
-# A worker started with this variable stops right after its first fetch, the instant kombu's own
-# transport had popped a message and not yet recorded it, and writes the message's delivery tag
-# to HELD_AFTER_FETCH, so that a test can kill it exactly there (tests/integration/test_delivery.py).
+# A worker started with this variable stops right after its first fetch (the instant at which
+# kombu's own transport has popped a message and not yet recorded it) and writes the message's
+# delivery tag to HELD_AFTER_FETCH, so that a test can kill it exactly there (test_delivery.py).
 HOLD_AFTER_FETCH = "DIAGNOSTICS_HOLD_AFTER_FETCH_SECONDS"
 HELD_AFTER_FETCH = Path("/tmp/diagnostics-held-after-fetch")
 

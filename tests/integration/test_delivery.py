@@ -15,7 +15,6 @@ from tests.conftest import ROOT, run_in
 from tests.integration.conftest import RERUN_WITHIN_SECONDS
 
 
-
 def calls(task: str, prefix: str, count: int, *args, **options) -> list:
     return [(task, [f"{prefix}-{i:04d}", *args], options) for i in range(count)]
 
