@@ -38,7 +38,7 @@ app.conf.task_default_priority = 5  # anything called with the task.delay() will
 app.conf.worker_prefetch_multiplier = 1  # only prefetch single tasks at a time on the workers so that prio tasks happen
 app.conf.worker_eta_task_limit = 100  # Stops the worker from filling itself with ETA tasks and OOMing
 
-# The stack's delivery policy: at least once (delivery.py).
+# The stack's delivery policy: once while the worker lives, again if it dies (delivery.py).
 delivery.apply(app)
 
 app.conf.ONCE = {
