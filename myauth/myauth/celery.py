@@ -1,6 +1,6 @@
 import os
 
-from celery import Celery
+from celery import Celery, signals
 from celery.app import trace
 
 # set the default Django settings module for the 'celery' program.
@@ -8,7 +8,7 @@ os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'myauth.settings.local')
 
 from django.conf import settings  # noqa: E402
 
-from . import delivery  # noqa: E402
+from . import database, delivery  # noqa: E402
 
 app = Celery('myauth')
 
@@ -40,6 +40,9 @@ app.conf.worker_eta_task_limit = 100  # Stops the worker from filling itself wit
 
 # The stack's delivery policy: once while the worker lives, again if it dies (delivery.py).
 delivery.apply(app)
+
+# The gevent worker's database pool: a connection per greenlet, reused across tasks (database.py).
+signals.worker_init.connect(database.size_pool, weak=False)
 
 app.conf.ONCE = {
     'backend': 'allianceauth.services.tasks.DjangoBackend',

@@ -187,6 +187,28 @@ def rows_written(diag, prefix: str) -> tuple:
     return tuple(int(n) for n in run_in(diag.stack, "web", "python3", "manage.py", "shell", "-c", count).split()[-2:])
 
 
+def connections_opened(diag) -> int:
+    """MariaDB's count of connections opened since it started (any client)."""
+    query = 'MYSQL_PWD="$MARIADB_PASSWORD" mariadb --protocol=tcp --host=127.0.0.1 --user="$MARIADB_USER" ' \
+            '--batch --skip-column-names -e "SHOW GLOBAL STATUS LIKE \'Connections\'"'
+    return int(run_in(diag.stack, "mariadb", "sh", "-c", query).split()[-1])
+
+
+def test_the_gevent_worker_reuses_database_connections_across_its_tasks(diag, sizes, report):
+    """Each task used to open (and TLS-handshake) a connection of its own (myauth/database.py)."""
+    writes = calls("diagnostics.write_row", "pool-row", 500)
+    before = connections_opened(diag)
+    diag.enqueue(writes)
+    diag.wait_until_ended(labels(writes), 180)
+    opened = connections_opened(diag) - before
+    assert rows_written(diag, "pool-row-") == (500, 500)
+    pool = int(sizes["WORKER_CONCURRENCY"]) + 1
+    # The web's health checks and beat open a few of their own meanwhile; the reading itself is one.
+    assert opened <= pool + 10, f"{opened} connections opened for 500 tasks"
+    report(f"500 database writes on the gevent worker (pool of {pool}): {opened} connections opened "
+           f"by the whole stack meanwhile")
+
+
 def test_a_mariadb_crash_under_load_is_retried_through_and_the_web_recovers(diag, site, report):
     writes = calls("diagnostics.write_row", "mariadb-row", 1500)
     diag.supervisor("stop", "worker:*")

@@ -5,6 +5,7 @@ from .base import *  # noqa: F403
 import sys
 from urllib.parse import urlparse
 
+from myauth import database
 from myauth.environment import read
 
 # These are required for Django to function properly. Don't touch.
@@ -43,9 +44,12 @@ if "gevent.monkey" in sys.modules and sys.modules["gevent.monkey"].is_module_pat
     import pymysql
 
     pymysql.install_as_MySQLdb()
+    _DATABASE_ENGINE = database.POOL_ENGINE  # connections shared by the greenlets (database.py)
+else:
+    _DATABASE_ENGINE = "django.db.backends.mysql"
 
 DATABASES["default"] = {  # noqa: F405
-    "ENGINE": "django.db.backends.mysql",
+    "ENGINE": _DATABASE_ENGINE,
     "NAME": read("MARIADB_DATABASE"),
     "USER": read("MARIADB_USER"),
     "PASSWORD": read("MARIADB_PASSWORD"),

@@ -1,0 +1,23 @@
+"""The gevent worker's database connections: one pool per worker process, shared by its
+greenlets. Django keeps a connection per thread, which under gevent is per greenlet, and
+Celery's Django fixup closes it around every task, so without a pool each task opened a new
+TLS connection to MariaDB. With django-db-connection-pool (SQLAlchemy's QueuePool) that close
+puts the connection back into the pool instead. settings/local.py selects the engine for the
+gevent worker only; web, beat and the prefork worker keep Django's own.
+"""
+
+POOL_ENGINE = "dj_db_conn_pool.backends.mysql"
+MAX_OVERFLOW = 1  # beyond a connection per greenlet: the worker's own, outside any task
+
+
+def size_pool(sender, **kwargs) -> None:
+    """worker_init (the worker's concurrency is known): a connection for each greenlet, so a task never waits for one, and no more:
+    the bound scripts/check-sizing counts against MariaDB's max_connections. The pool pings a
+    connection before handing it out, so one MariaDB closed (a restart) is replaced, not used."""
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"] != POOL_ENGINE:
+        return
+    import dj_db_conn_pool
+
+    dj_db_conn_pool.setup(pool_size=sender.concurrency, max_overflow=MAX_OVERFLOW, pre_ping=True)
