@@ -11,9 +11,10 @@ MAX_OVERFLOW = 1  # beyond a connection per greenlet: the worker's own, outside 
 
 
 def size_pool(sender, **kwargs) -> None:
-    """worker_init (the worker's concurrency is known): a connection for each greenlet, so a task never waits for one, and no more:
-    the bound scripts/check-sizing counts against MariaDB's max_connections. The pool pings a
-    connection before handing it out, so one MariaDB closed (a restart) is replaced, not used."""
+    """worker_init, once the worker's concurrency is known: a connection for each greenlet, so a
+    task never waits for one, and no more (the bound scripts/check-sizing counts against
+    MariaDB's max_connections). The pool pings a connection before handing it out, so one that
+    MariaDB closed (a restart) is replaced, not used."""
     from django.conf import settings
 
     if settings.DATABASES["default"]["ENGINE"] != POOL_ENGINE:

@@ -203,22 +203,26 @@ def test_the_gevent_worker_reuses_database_connections_across_its_tasks(diag, si
     opened = connections_opened(diag) - before
     assert rows_written(diag, "pool-row-") == (500, 500)
     pool = int(sizes["WORKER_CONCURRENCY"]) + 1
-    # The web's health checks and beat open a few of their own meanwhile; the reading itself is one.
-    assert opened <= pool + 10, f"{opened} connections opened for 500 tasks"
+    # Without a pool each task opens one. The count is the whole stack's: the health checks, beat
+    # and the readings open some of their own meanwhile, and the pool may start empty.
+    assert opened <= len(writes) // 5, f"{opened} connections opened for {len(writes)} tasks"
     report(f"500 database writes on the gevent worker (pool of {pool}): {opened} connections opened "
            f"by the whole stack meanwhile")
 
 
 def test_a_mariadb_crash_under_load_is_retried_through_and_the_web_recovers(diag, site, report):
-    writes = calls("diagnostics.write_row", "mariadb-row", 1500)
+    writes = calls("diagnostics.write_row", "mariadb-row", 6000)  # pooled, the worker writes hundreds a second
     diag.supervisor("stop", "worker:*")
-    diag.enqueue(writes)
-    diag.supervisor("start", "worker:*")
+    try:
+        for start in range(0, len(writes), 1000):  # (the calls travel in an environment variable)
+            diag.enqueue(writes[start:start + 1000])
+    finally:
+        diag.supervisor("start", "worker:*")
     diag.wait_for(lambda: len(diag.started("mariadb-row")) > 100, 60, "the backlog to be draining")
     poller = Poller(f"{site}/account/login/")
     poller.start()
     started_at = diag.container_state("mariadb")["StartedAt"]
-
+    assert diag.queued() > 0, "the backlog had drained before the kill"
     killed_at = diag.crash("mariadb")
     diag.wait_restarted("mariadb", started_at)
     diag.wait_until_ended(labels(writes), 240)
@@ -232,7 +236,7 @@ def test_a_mariadb_crash_under_load_is_retried_through_and_the_web_recovers(diag
     assert retried > 0, "no task met the outage: the crash came too late"
     errors = [t - killed_at for t, status in poller.results if status != 200]
     assert poller.results[-1][1] == 200
-    report(f"MariaDB SIGKILL while draining 1500 database writes: {retried} retries, every row written "
+    report(f"MariaDB SIGKILL while draining {len(writes)} database writes: {retried} retries, every row written "
            f"{time.time() - killed_at:.0f} s after the kill; login page not 200 for "
            f"{(max(errors) - min(errors) if errors else 0):.1f} s ({len(errors)} of {len(poller.results)} polls)")
 
