@@ -24,6 +24,7 @@ for name, args, options in json.loads(os.environ["CALLS"]):
     ids.append(result.id if result is not None else None)
 print(json.dumps(ids))
 """
+ENQUEUE_BATCH = 500  # calls per exec: they travel in one environment variable, capped at 128 KiB
 SUPERVISORCTL = ("supervisorctl", "-c", "/etc/supervisor/supervisord.conf")
 PRIORITY_QUEUE_SEPARATOR = "\x06\x16"  # kombu's Redis key for priority p>0: "celery\x06\x16<p>"
 
@@ -37,12 +38,16 @@ class Diagnostics:
 
     def enqueue(self, calls: list) -> list:
         """[(task name, args, apply_async options), ...] -> task ids (None where QueueOnce declined)."""
-        result = subprocess.run(
-            [*self.stack.docker_compose_command(), "exec", "-T", "-e", f"CALLS={json.dumps(calls)}", "web",
-             "python3", "manage.py", "shell", "-c", ENQUEUE],
-            capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        ids = []
+        for start in range(0, len(calls), ENQUEUE_BATCH):
+            batch = json.dumps(calls[start:start + ENQUEUE_BATCH])
+            result = subprocess.run(
+                [*self.stack.docker_compose_command(), "exec", "-T", "-e", f"CALLS={batch}", "web",
+                 "python3", "manage.py", "shell", "-c", ENQUEUE],
+                capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            ids += json.loads(result.stdout.strip().splitlines()[-1])
+        return ids
 
     def redis(self, *command: str) -> str:
         return run_in(self.stack, "redis", "redis-cli", "--raw", *command)

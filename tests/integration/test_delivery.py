@@ -237,8 +237,7 @@ def test_a_soak_with_the_worker_killed_repeatedly_runs_every_task_and_repeats_on
         batch = [("diagnostics.esi_update", [f"soak-{i:05d}", esi_stub], {"priority": (2, 5, 7)[i % 3]})
                  for i in range(tasks)]
         began = time.time()
-        for start in range(0, tasks, 500):
-            diag.enqueue(batch[start:start + 500])
+        diag.enqueue(batch)
         kills, dead = [], set()
         for k in range(1, kills_wanted + 1):
             diag.wait_for(lambda: len(diag.ended_labels()) >= tasks * k // (kills_wanted + 1), 600,

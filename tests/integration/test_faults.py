@@ -202,7 +202,7 @@ def test_the_gevent_worker_reuses_database_connections_across_its_tasks(diag, si
     diag.wait_until_ended(labels(writes), 180)
     opened = connections_opened(diag) - before
     assert rows_written(diag, "pool-row-") == (500, 500)
-    pool = int(sizes["WORKER_CONCURRENCY"]) + 1
+    pool = int(sizes["WORKER_CONCURRENCY"]) + check_sizing.database.MAX_OVERFLOW
     # Without a pool each task opens one. The count is the whole stack's: the health checks, beat
     # and the readings open some of their own meanwhile, and the pool may start empty.
     assert opened <= len(writes) // 5, f"{opened} connections opened for {len(writes)} tasks"
@@ -214,8 +214,7 @@ def test_a_mariadb_crash_under_load_is_retried_through_and_the_web_recovers(diag
     writes = calls("diagnostics.write_row", "mariadb-row", 6000)  # pooled, the worker writes hundreds a second
     diag.supervisor("stop", "worker:*")
     try:
-        for start in range(0, len(writes), 1000):  # (the calls travel in an environment variable)
-            diag.enqueue(writes[start:start + 1000])
+        diag.enqueue(writes)
     finally:
         diag.supervisor("start", "worker:*")
     diag.wait_for(lambda: len(diag.started("mariadb-row")) > 100, 60, "the backlog to be draining")
