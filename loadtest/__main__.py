@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import report
+from .progress import Progress
 from .stack import ROOT, Stack, Variant, cores, environment, idle_cpu
 from .workload import Load, by_priority, collect, completed, extra_runs, percentiles, throughput
 
@@ -85,6 +86,7 @@ class LoadTest:
         worker = stack.model()["services"]["worker"]["environment"]
         self.gevent_concurrency = int(worker["WORKER_CONCURRENCY"])
         self.results = []
+        self.progress = None
 
     def load(self, count: int, kind: str = "esi", **changes) -> Load:
         mix = self.options.mix if kind == "esi" else {kind: 100}
@@ -92,9 +94,11 @@ class LoadTest:
                         latency_ms=self.options.latency_ms, jitter_ms=self.options.jitter_ms)
         return Load(**{**settings, **changes})
 
-    def measure(self, name: str, pool: str, concurrency: int, kind: str = "esi", ceiling: float = None) -> dict:
+    def measure(self, phase: str, name: str, pool: str, concurrency: int, kind: str = "esi",
+                ceiling: float = None) -> dict:
         """One variant: --tasks tasks to completion (--quick), or --seconds under a backlog queued
         before it takes any (or a stream of --rate tasks/s)."""
+        self.progress.start(phase, f"{name} ({kind})")
         variant = Variant(self.stack, name, pool, concurrency)
         variant.start()
         running, sender = threading.Event(), None
@@ -117,8 +121,11 @@ class LoadTest:
             running.set()
             sampler = variant.sample_while(running)
             if self.options.quick:
-                deadline = time.monotonic() + 300
-                while completed(self.stack, load.run) < load.count and time.monotonic() < deadline:
+                deadline, reported = time.monotonic() + 300, time.monotonic()
+                while (done := completed(self.stack, load.run)) < load.count and time.monotonic() < deadline:
+                    if time.monotonic() - reported > 5:
+                        self.progress.tasks(done, load.count)
+                        reported = time.monotonic()
                     time.sleep(0.5)
                 window = None  # the records' own span: first start to last end
             else:
@@ -137,6 +144,7 @@ class LoadTest:
         result["broker_trouble"] = variant.broker_trouble()
         self.results.append(result)
         print(report.line(result), flush=True)
+        self.progress.finish()
         return result
 
     def backlog_for(self, pool: str, concurrency: int, kind: str) -> int:
@@ -180,25 +188,28 @@ class LoadTest:
         per_core = cores(self.limits)
         compare = [("alliance-auth-default", "threads", 5), (f"prefork-{per_core}", "prefork", per_core),
                    (f"gevent-{self.gevent_concurrency}", "gevent", self.gevent_concurrency)]
+        sweep = [concurrency for concurrency in options.sweep if concurrency != self.gevent_concurrency]
         scenarios = {}
         if options.quick:
+            self.progress = Progress(len(compare))
             for name, pool, concurrency in compare:
-                self.measure(name, pool, concurrency)
+                self.measure("compare", name, pool, concurrency)
             return {"compare": [r["variant"] for r in self.results]}
 
+        self.progress = Progress(2 * len(compare) + len(sweep) + 2)
         self.ceilings = {}
         for name, pool, concurrency in compare:
-            self.ceilings[pool] = self.measure(f"{name}-noop", pool, concurrency, kind="noop")["tasks_per_second"]
+            noop = self.measure("ceiling", f"{name}-noop", pool, concurrency, kind="noop")
+            self.ceilings[pool] = noop["tasks_per_second"]
         for name, pool, concurrency in compare:
-            self.measure(name, pool, concurrency, ceiling=self.ceilings[pool])
+            self.measure("compare", name, pool, concurrency, ceiling=self.ceilings[pool])
         # The sweep measures the pool, not the overlay's connection budget (check-sizing keeps an
         # overlay within it): MariaDB takes every greenlet's connection while it runs.
         budget = self.stack.max_connections()
         self.stack.max_connections(max(budget, max(options.sweep) + SWEEP_CONNECTION_HEADROOM))
         try:
-            for concurrency in options.sweep:
-                if concurrency != self.gevent_concurrency:
-                    self.measure(f"gevent-{concurrency}", "gevent", concurrency, ceiling=self.ceilings["gevent"])
+            for concurrency in sweep:
+                self.measure("sweep", f"gevent-{concurrency}", "gevent", concurrency, ceiling=self.ceilings["gevent"])
         finally:
             self.stack.max_connections(budget)
         scenarios["priority"] = self.priority_wait()
@@ -207,6 +218,7 @@ class LoadTest:
 
     def priority_wait(self) -> dict:
         """Priority-2 tasks sent at 5/s while a backlog of priority-7 ones drains."""
+        self.progress.start("priority", f"priority-2 tasks behind {self.options.backlog} priority-7 ones")
         variant = Variant(self.stack, f"gevent-{self.gevent_concurrency}-priority", "gevent", self.gevent_concurrency)
         variant.start()
         backlog = self.load(self.options.backlog, priorities={7: 100}, rate=0)
@@ -225,11 +237,13 @@ class LoadTest:
         result = {"priority_7_queued": queued, "priority_2_sent": urgent.count, "priority_2_completed": len(records),
                   "priority_2_wait_ms": percentiles([r.wait for r in records])}
         print(f"priority: {queued} priority-7 tasks queued; priority-2 queue wait {result['priority_2_wait_ms']}", flush=True)
+        self.progress.finish()
         return result
 
     def memmon_restart(self) -> dict:
         """The stack's own worker: idle memory; a worker over memmon's limit is restarted, and
         how long the worker does not consume around it (a mark task every 0.1 s)."""
+        self.progress.start("memmon", "the stack's worker at idle, then over its memory limit")
         worker = self.stack.model()["services"]["worker"]["environment"]
         tick = int(worker["MEMMON_TICK"])
         idle = self.stack.compose("exec", "-T", "worker", "sh", "-c", "ps -eo rss=,args=").stdout
@@ -252,6 +266,7 @@ class LoadTest:
                   "not_consuming_seconds": round(restart_gap[0], 2) if restart_gap else None}
         print(f"memmon: worker container idle {usage}, {idle_cores:.2%} of a core; not consuming for "
               f"{result['not_consuming_seconds']} s around the restart", flush=True)
+        self.progress.finish()
         return result
 
 
