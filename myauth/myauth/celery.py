@@ -38,11 +38,18 @@ app.conf.task_default_priority = 5  # anything called with the task.delay() will
 app.conf.worker_prefetch_multiplier = 1  # only prefetch single tasks at a time on the workers so that prio tasks happen
 app.conf.worker_eta_task_limit = 100  # Stops the worker from filling itself with ETA tasks and OOMing
 
+# One result backend object per process, not per thread: under gevent a thread is a greenlet, so
+# Celery built a new one for every task (3.5 % of the worker's time on no-op tasks). None is
+# configured here (Celery's DisabledBackend stores nothing); one set in local.py must be safe to
+# share between threads (Redis's is).
+app.conf.result_backend_thread_safe = True
+
 # The stack's delivery policy: once while the worker lives, again if it dies (delivery.py).
 delivery.apply(app)
 
 # The gevent worker's database pool: a connection per greenlet, reused across tasks (database.py).
 signals.worker_init.connect(database.size_pool, weak=False)
+signals.worker_shutdown.connect(database.close_pool, weak=False)
 
 app.conf.ONCE = {
     'backend': 'allianceauth.services.tasks.DjangoBackend',
