@@ -6,8 +6,14 @@ puts the connection back into the pool instead. settings/local.py selects the en
 gevent worker only; web, beat and the prefork worker keep Django's own.
 """
 
-POOL_ENGINE = "dj_db_conn_pool.backends.mysql"
+POOL_ENGINE = "myauth.pooled_mysql"  # django-db-connection-pool's, each connection prepared once
 MAX_OVERFLOW = 1  # beyond a connection per greenlet: the worker's own, outside any task
+
+
+def pooled() -> bool:
+    from django.conf import settings
+
+    return settings.DATABASES["default"]["ENGINE"] == POOL_ENGINE
 
 
 def size_pool(sender, **kwargs) -> None:
@@ -15,10 +21,17 @@ def size_pool(sender, **kwargs) -> None:
     task never waits for one, and no more (the bound scripts/check-sizing counts against
     MariaDB's max_connections). The pool pings a connection before handing it out, so one that
     MariaDB closed (a restart) is replaced, not used."""
-    from django.conf import settings
-
-    if settings.DATABASES["default"]["ENGINE"] != POOL_ENGINE:
+    if not pooled():
         return
     import dj_db_conn_pool
 
     dj_db_conn_pool.setup(pool_size=sender.concurrency, max_overflow=MAX_OVERFLOW, pre_ping=True)
+
+
+def close_pool(**kwargs) -> None:
+    """worker_shutdown: close the pooled connections, so MariaDB does not count them as aborted."""
+    if not pooled():
+        return
+    from dj_db_conn_pool.core import pool_container
+
+    pool_container.dispose()
