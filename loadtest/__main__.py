@@ -53,7 +53,7 @@ def parse_arguments(argv: list) -> argparse.Namespace:
     parser.add_argument("--jitter-ms", type=float, default=100)
     parser.add_argument("--mix", default="esi=100", help="kinds of task in percent, e.g. esi=90,cpu=5,noop=5")
     parser.add_argument("--priorities", default="7=80,5=15,2=5", help="priorities in percent")
-    parser.add_argument("--sweep", default="10,25,50,100,200,500", help="gevent concurrencies to sweep")
+    parser.add_argument("--sweep", default="10,25,50,75,100,200,500", help="gevent concurrencies to sweep")
     parser.add_argument("--backlog", type=int, default=10000, help="priority-7 tasks queued in the priority run")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "loadtest")
     options = parser.parse_args(argv)
