@@ -56,7 +56,7 @@ def broken(small, service, path, value):
     ("worker-cpu", ["environment", "PREFORK_MAX_MEMORY_PER_CHILD"], "524288",
      "worker-cpu: 2 prefork children of up to 512 MiB"),
     ("worker", ["environment", "WORKER_CONCURRENCY"], "100",
-     "MARIADB_MAX_CONNECTIONS=80 is below the 117 connections"),
+     "MARIADB_MAX_CONNECTIONS=100 is below the 117 connections"),
     ("mariadb", ["environment", "MARIADB_INNODB_BUFFER_POOL_SIZE"], "700M",
      "innodb_buffer_pool_size 700 MiB is above 75% of the container's limit of 768 MiB"),
     ("redis", ["environment", "REDIS_MAXMEMORY"], "256mb",
@@ -85,7 +85,7 @@ def test_an_operators_override_file_that_breaks_a_rule_is_refused_by_the_command
                "-f", "compose.yaml", "-f", "config/overlays/small.yaml", "-f", str(override)]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 1
-    assert "MARIADB_MAX_CONNECTIONS=80 is below the 107 connections" in result.stderr
+    assert "MARIADB_MAX_CONNECTIONS=100 is below the 107 connections" in result.stderr
     command = command[:-2]
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
 
