@@ -6,8 +6,10 @@ import os
 import socket
 import time
 import urllib.request
+import uuid
 
 from celery import current_task, shared_task
+from django.core.cache import caches
 
 from allianceauth.services.tasks import QueueOnce
 from allianceauth.utils.cache import get_redis_client
@@ -29,7 +31,13 @@ def record(label: str, event: str) -> None:
         "node": request.hostname,
         "container": socket.gethostname(),
         "pid": os.getpid(),
+        "cache": cache_identity(),
     }))
+
+
+def cache_identity() -> str:
+    """Which Django cache object this task used: one per process, or one per thread (greenlet)."""
+    return vars(caches["default"]).setdefault("_diagnostics_identity", uuid.uuid4().hex)
 
 
 @shared_task(name="diagnostics.mark")

@@ -8,7 +8,7 @@ os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'myauth.settings.local')
 
 from django.conf import settings  # noqa: E402
 
-from . import database, delivery  # noqa: E402
+from . import database, delivery, greenlets  # noqa: E402
 
 app = Celery('myauth')
 
@@ -50,6 +50,8 @@ delivery.apply(app)
 # The gevent worker's database pool: a connection per greenlet, reused across tasks (database.py).
 signals.worker_init.connect(database.size_pool, weak=False)
 signals.worker_shutdown.connect(database.close_pool, weak=False)
+# ... and its Django caches, shared by the greenlets (greenlets.py).
+signals.worker_init.connect(greenlets.share_caches, weak=False)
 
 app.conf.ONCE = {
     'backend': 'allianceauth.services.tasks.DjangoBackend',

@@ -165,6 +165,18 @@ def test_prefork_child_over_max_memory_per_child_is_replaced_after_its_task(diag
     assert grown_pid not in {e["pid"] for e in events if e["label"].startswith("after")}
 
 
+def test_a_gevent_worker_process_shares_one_django_cache_between_its_tasks(diag):
+    """Django keeps its cache objects per thread, which in a gevent worker was one per task
+    (myauth/greenlets.py). Each diagnostics task records which cache object it used."""
+    batch = [("diagnostics.mark", [f"cache-{i:03d}"], {}) for i in range(200)]
+    diag.enqueue(batch)
+    events = [e for e in diag.wait_until_ended([c[1][0] for c in batch]) if e["label"].startswith("cache-")]
+    used = {}
+    for event in events:
+        used.setdefault(event["pid"], set()).add(event["cache"])
+    assert used and all(len(caches) == 1 for caches in used.values()), {pid: len(c) for pid, c in used.items()}
+
+
 @pytest.mark.parametrize("how", [("stop",), ("restart",)])
 def test_graceful_shutdown_finishes_running_tasks_and_keeps_queued_ones(diag, sizes, how):
     concurrency = int(sizes["WORKER_CONCURRENCY"])
