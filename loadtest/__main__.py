@@ -38,6 +38,7 @@ from .stack import ROOT, Stack, Variant, cores, environment, idle_cpu
 from .workload import Load, by_priority, collect, completed, extra_runs, percentiles, throughput
 
 WARMUP = 2.0  # seconds after the load begins that throughput does not count
+BACKING_SERVICES = ("mariadb", "redis")  # their CPU per task is the worker's too, on one host
 SWEEP_CONNECTION_HEADROOM = 50  # the stack's own web, workers and beat, beside a swept variant
 
 
@@ -101,7 +102,7 @@ class LoadTest:
         self.progress.start(phase, f"{name} ({kind})")
         variant = Variant(self.stack, name, pool, concurrency)
         variant.start()
-        running, sender = threading.Event(), None
+        running, sender, backing = threading.Event(), None, {}
         try:
             idle = variant.sample()
             if self.options.quick:
@@ -129,7 +130,11 @@ class LoadTest:
                     time.sleep(0.5)
                 window = None  # the records' own span: first start to last end
             else:
-                time.sleep(self.options.seconds)
+                time.sleep(WARMUP)
+                backing = self.stack.cpu_seconds(BACKING_SERVICES)
+                time.sleep(max(0.0, began + self.options.seconds - time.time()))
+                backing = {service: cores_used(start, end) for (service, start), end in
+                           zip(backing.items(), self.stack.cpu_seconds(BACKING_SERVICES).values())}
                 window = (began + WARMUP, began + self.options.seconds)
             running.clear()
             sampler.join()
@@ -142,6 +147,7 @@ class LoadTest:
         records = collect(self.stack, load.run)
         result = self.summary(name, pool, concurrency, kind, load, records, window, idle, variant, ceiling)
         result["broker_trouble"] = variant.broker_trouble()
+        result["backing_cpu_cores"] = backing
         self.results.append(result)
         print(report.line(result), flush=True)
         self.progress.finish()
@@ -268,6 +274,11 @@ class LoadTest:
               f"{result['not_consuming_seconds']} s around the restart", flush=True)
         self.progress.finish()
         return result
+
+
+def cores_used(start: tuple, end: tuple) -> float:
+    """The cores a container used between two (time, CPU seconds) readings."""
+    return round((end[1] - start[1]) / (end[0] - start[0]), 3)
 
 
 def machine() -> dict:

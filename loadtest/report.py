@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-COLUMNS = ("variant", "tasks/s", "of bound", "run p50/p99 ms", "RSS idle/peak MiB", "CPU", "host busy", "done", "errors",
-           "extra runs")
+COLUMNS = ("variant", "tasks/s", "of bound", "run p50/p99 ms", "RSS idle/peak MiB", "CPU", "MariaDB / Redis ms a task",
+           "host busy", "done", "errors", "extra runs")
 
 
 def cells(run: dict) -> tuple:
@@ -12,8 +12,16 @@ def cells(run: dict) -> tuple:
     cpu = f"{run['cpu_cores']:.2f}" if run["cpu_cores"] is not None else "-"
     host = f"{run['host_cpu_busy']:.0%}" if run.get("host_cpu_busy") is not None else "-"
     return (f"{run['variant']} ({run['kind']})", f"{run['tasks_per_second']:.1f}", bound, run_ms,
-            f"{run['rss_idle_mib']:.0f} / {run['rss_peak_mib']:.0f}", cpu, host, f"{run['completed']}/{run['sent']}",
-            errors(run), extra(run))
+            f"{run['rss_idle_mib']:.0f} / {run['rss_peak_mib']:.0f}", cpu, backing(run), host,
+            f"{run['completed']}/{run['sent']}", errors(run), extra(run))
+
+
+def backing(run: dict) -> str:
+    """MariaDB's and Redis's CPU per task: on one host, the worker's CPU too."""
+    used, rate = run.get("backing_cpu_cores") or {}, run["tasks_per_second"]
+    if not used or not rate:
+        return "-"
+    return " / ".join(f"{used[service] / rate * 1000:.1f}" for service in ("mariadb", "redis"))
 
 
 def extra(run: dict) -> str:

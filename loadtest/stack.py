@@ -79,6 +79,16 @@ class Stack:
     def stop_esi_stub(self) -> None:
         self.compose("--profile", "loadtest", "rm", "--stop", "--force", "esi-stub")
 
+    def cpu_seconds(self, services: tuple) -> dict:
+        """The CPU time each of these services' containers has used so far, and when it was read."""
+        used = {}
+        for service in services:
+            container = self.compose("ps", "--quiet", service).stdout.strip()
+            output = subprocess.run(["docker", "exec", container, "sh", "-c", CPU_NANOSECONDS],
+                                    capture_output=True, text=True, check=True).stdout
+            used[service] = (time.monotonic(), int(output.split()[0]) / 1e9)
+        return used
+
     def worker_limits(self) -> dict:
         limits = self.model()["services"]["worker"]["deploy"]["resources"]["limits"]
         return {"cpus": float(limits["cpus"]), "memory": int(limits["memory"])}
