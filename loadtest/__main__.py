@@ -39,6 +39,10 @@ from .workload import Load, by_priority, collect, completed, extra_runs, percent
 
 WARMUP = 2.0  # seconds after the load begins that throughput does not count
 BACKING_SERVICES = ("mariadb", "redis")  # their CPU per task is the worker's too, on one host
+NOOP_BACKLOG_RATE = 500  # with the backlog's margin, enough for a no-op ceiling up to about 850/s
+STEP_SECONDS = 25  # what a step costs besides queueing its tasks: start a worker, measure, stop it
+QUEUE_SECONDS_PER_TASK = 0.0023  # queueing one task from the web container, as measured here
+MEMMON_SECONDS = 60  # the memmon step besides memmon's own tick: idle CPU over 30 s, marks for 25 s more
 SWEEP_CONNECTION_HEADROOM = 50  # the stack's own web, workers and beat, beside a swept variant
 
 
@@ -88,6 +92,7 @@ class LoadTest:
         self.gevent_concurrency = int(worker["WORKER_CONCURRENCY"])
         self.results = []
         self.progress = None
+        self.ceilings = {}
 
     def load(self, count: int, kind: str = "esi", **changes) -> Load:
         mix = self.options.mix if kind == "esi" else {kind: 100}
@@ -156,11 +161,15 @@ class LoadTest:
     def backlog_for(self, pool: str, concurrency: int, kind: str) -> int:
         """Enough tasks that the queue never runs dry within the window."""
         if kind == "esi":
-            rate = concurrency / (self.options.latency_ms / 1000)
-            rate = min(rate, self.ceilings.get(pool, rate)) if hasattr(self, "ceilings") else rate
+            rate = min(concurrency / (self.options.latency_ms / 1000), self.ceilings.get(pool, NOOP_BACKLOG_RATE))
         else:
-            rate = 500  # above the no-op ceiling of a worker container measured here (about 300/s)
+            rate = NOOP_BACKLOG_RATE
         return int(rate * (self.options.seconds + 5) * 1.3) + 50
+
+    def step_seconds(self, pool: str, concurrency: int, kind: str) -> float:
+        """About how long measuring a variant takes: the progress report's estimate of what is left."""
+        tasks = self.options.tasks if self.options.quick else self.backlog_for(pool, concurrency, kind)
+        return STEP_SECONDS + QUEUE_SECONDS_PER_TASK * tasks
 
     def summary(self, name, pool, concurrency, kind, load, records, window, idle, variant, ceiling) -> dict:
         if window is None:
@@ -197,13 +206,16 @@ class LoadTest:
         sweep = [concurrency for concurrency in options.sweep if concurrency != self.gevent_concurrency]
         scenarios = {}
         if options.quick:
-            self.progress = Progress(len(compare))
+            self.progress = Progress([self.step_seconds(pool, concurrency, "esi") for _, pool, concurrency in compare])
             for name, pool, concurrency in compare:
                 self.measure("compare", name, pool, concurrency)
             return {"compare": [r["variant"] for r in self.results]}
 
-        self.progress = Progress(2 * len(compare) + len(sweep) + 2)
-        self.ceilings = {}
+        self.progress = Progress(
+            [self.step_seconds(pool, concurrency, "noop") for _, pool, concurrency in compare]
+            + [self.step_seconds(pool, concurrency, "esi") for _, pool, concurrency in compare]
+            + [self.step_seconds("gevent", concurrency, "esi") for concurrency in sweep]
+            + [STEP_SECONDS + QUEUE_SECONDS_PER_TASK * options.backlog, MEMMON_SECONDS + self.memmon_tick()])
         for name, pool, concurrency in compare:
             noop = self.measure("ceiling", f"{name}-noop", pool, concurrency, kind="noop")
             self.ceilings[pool] = noop["tasks_per_second"]
@@ -221,6 +233,9 @@ class LoadTest:
         scenarios["priority"] = self.priority_wait()
         scenarios["memmon"] = self.memmon_restart()
         return {"compare": [name for name, _, _ in compare], "ceilings": self.ceilings, **scenarios}
+
+    def memmon_tick(self) -> int:
+        return int(self.stack.model()["services"]["worker"]["environment"]["MEMMON_TICK"])
 
     def priority_wait(self) -> dict:
         """Priority-2 tasks sent at 5/s while a backlog of priority-7 ones drains."""
@@ -251,7 +266,7 @@ class LoadTest:
         how long the worker does not consume around it (a mark task every 0.1 s)."""
         self.progress.start("memmon", "the stack's worker at idle, then over its memory limit")
         worker = self.stack.model()["services"]["worker"]["environment"]
-        tick = int(worker["MEMMON_TICK"])
+        tick = self.memmon_tick()
         idle = self.stack.compose("exec", "-T", "worker", "sh", "-c", "ps -eo rss=,args=").stdout
         container = self.stack.compose("ps", "--quiet", "worker").stdout.strip()
         usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],

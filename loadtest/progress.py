@@ -3,16 +3,17 @@
 import sys
 import time
 
-FIRST_GUESS_SECONDS = 35  # one step (start a worker, queue the backlog, measure, stop), before any finished
-
 
 class Progress:
-    def __init__(self, steps: int, out=sys.stdout):
-        self.steps, self.out = steps, out
+    """Steps with an estimate of each one's seconds; what is left is the estimate of the steps to
+    come, scaled by how long the finished ones took against their estimate."""
+
+    def __init__(self, estimates: list, out=sys.stdout):
+        self.estimates, self.out = estimates, out
         self.done, self.began = 0, time.monotonic()
 
     def start(self, phase: str, what: str) -> None:
-        self.say(f"[{self.done + 1}/{self.steps}] {phase}: {what}; {self.left()}")
+        self.say(f"[{self.done + 1}/{len(self.estimates)}] {phase}: {what}; {self.left()}")
 
     def finish(self) -> None:
         self.done += 1
@@ -21,8 +22,9 @@ class Progress:
         self.say(f"    {completed}/{count} tasks done")
 
     def left(self) -> str:
-        per_step = (time.monotonic() - self.began) / self.done if self.done else FIRST_GUESS_SECONDS
-        seconds = per_step * (self.steps - self.done)
+        seconds = sum(self.estimates[self.done:])
+        if self.done:
+            seconds *= (time.monotonic() - self.began) / sum(self.estimates[:self.done])
         return f"about {seconds / 60:.0f} min left" if seconds >= 90 else f"about {seconds:.0f} s left"
 
     def say(self, text: str) -> None:

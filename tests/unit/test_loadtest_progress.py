@@ -1,4 +1,4 @@
-"""The load test says where it is and about how long is left, from the steps it has finished."""
+"""The load test says where it is and about how long is left, from its estimates and the steps it has finished."""
 
 import io
 
@@ -6,16 +6,16 @@ from loadtest import progress
 from loadtest.progress import Progress
 
 
-def test_progress_names_the_step_and_projects_the_rest_from_the_finished_ones(monkeypatch):
-    clock = iter([0.0, 40.0])  # started, then when the second step starts
+def test_progress_names_the_step_and_scales_the_estimate_of_the_rest_by_the_steps_done(monkeypatch):
+    clock = iter([0.0, 60.0])  # started, then when the second step starts
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     out = io.StringIO()
-    steps = Progress(4, out=out)
+    steps = Progress([30, 30, 60, 90], out=out)
 
-    steps.start("ceiling", "gevent-25-noop (noop)")
+    steps.start("ceiling", "gevent-75-noop (noop)")
     steps.finish()
-    steps.start("compare", "gevent-25 (esi)")
+    steps.start("compare", "gevent-75 (esi)")
 
     first, second = out.getvalue().splitlines()
-    assert first == f"[1/4] ceiling: gevent-25-noop (noop); about {progress.FIRST_GUESS_SECONDS * 4 / 60:.0f} min left"
-    assert second == "[2/4] compare: gevent-25 (esi); about 2 min left"  # 40 s a step, 3 steps to go
+    assert first == "[1/4] ceiling: gevent-75-noop (noop); about 4 min left"  # 210 s estimated
+    assert second == "[2/4] compare: gevent-75 (esi); about 6 min left"  # took twice its estimate: 2 x 180 s
