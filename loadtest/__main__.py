@@ -266,7 +266,7 @@ class LoadTest:
         how long the worker does not consume around it (a mark task every 0.1 s)."""
         self.progress.start("memmon", "the stack's worker at idle, then over its memory limit")
         worker = self.stack.model()["services"]["worker"]["environment"]
-        tick = self.memmon_tick()
+        tick = int(worker["MEMMON_TICK"])
         idle = self.stack.compose("exec", "-T", "worker", "sh", "-c", "ps -eo rss=,args=").stdout
         container = self.stack.compose("ps", "--quiet", "worker").stdout.strip()
         usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],

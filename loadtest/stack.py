@@ -83,10 +83,8 @@ class Stack:
         """The CPU time each of these services' containers has used so far, and when it was read."""
         used = {}
         for service in services:
-            container = self.compose("ps", "--quiet", service).stdout.strip()
-            output = subprocess.run(["docker", "exec", container, "sh", "-c", CPU_NANOSECONDS],
-                                    capture_output=True, text=True, check=True).stdout
-            used[service] = (time.monotonic(), int(output.split()[0]) / 1e9)
+            seconds = container_cpu_seconds(self.compose("ps", "--quiet", service).stdout.strip())
+            used[service] = (time.monotonic(), seconds)
         return used
 
     def worker_limits(self) -> dict:
@@ -155,16 +153,18 @@ CPU_NANOSECONDS = ("cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null "
                    "|| awk '/^usage_usec/ {print $2 * 1000}' /sys/fs/cgroup/cpu.stat")
 
 
-def idle_cpu(container: str, seconds: float = 30) -> float:
-    """The share of one core a container uses over `seconds` (the shell that reads it included)."""
-    def used() -> float:
-        output = subprocess.run(["docker", "exec", container, "sh", "-c", CPU_NANOSECONDS],
-                                capture_output=True, text=True, check=True).stdout
-        return int(output.split()[0]) / 1e9
+def container_cpu_seconds(container: str) -> float:
+    """The CPU time a container has used so far (the shell that reads it included)."""
+    output = subprocess.run(["docker", "exec", container, "sh", "-c", CPU_NANOSECONDS],
+                            capture_output=True, text=True, check=True).stdout
+    return int(output.split()[0]) / 1e9
 
-    before, began = used(), time.monotonic()
+
+def idle_cpu(container: str, seconds: float = 30) -> float:
+    """The share of one core a container uses over `seconds`."""
+    before, began = container_cpu_seconds(container), time.monotonic()
     time.sleep(seconds)
-    return (used() - before) / (time.monotonic() - began)
+    return (container_cpu_seconds(container) - before) / (time.monotonic() - began)
 
 
 def host_cpu() -> tuple:
