@@ -13,8 +13,8 @@ diagnostics tasks on), adds the ESI stub, and runs, on one host with one workloa
   sweep     the same on gevent workers of each --sweep concurrency: where the knee is (with
             MariaDB's max_connections raised to match)
   priority  a priority-2 task's queue wait while --backlog priority-7 tasks are queued
-  memmon    the stack's own worker: idle memory, and how long after memmon restarts a worker
-            over its limit the worker is consuming again
+  memmon    the stack's own worker: idle memory, how long after memmon restarts a worker over
+            its limit the worker is consuming again, and what the metrics cost the worker
 
 Prints a table and writes result.json and result.png to --out. --quick (CI): --tasks tasks on
 each of the three compare variants, run to completion, nothing else.
@@ -266,7 +266,7 @@ class LoadTest:
         how long the worker does not consume around it (a mark task every 0.1 s)."""
         self.progress.start("memmon", "the stack's worker at idle, then over its memory limit")
         worker = self.stack.model()["services"]["worker"]["environment"]
-        tick = int(worker["MEMMON_TICK"])
+        tick = self.memmon_tick()
         idle = self.stack.compose("exec", "-T", "worker", "sh", "-c", "ps -eo rss=,args=").stdout
         container = self.stack.compose("ps", "--quiet", "worker").stdout.strip()
         usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
@@ -284,11 +284,22 @@ class LoadTest:
                      for line in idle.splitlines() if line.strip()]
         result = {"worker_container_idle": usage, "worker_container_idle_cpu": round(idle_cores, 4),
                   "idle_rss_mib": processes, "memmon_tick_seconds": tick,
-                  "not_consuming_seconds": round(restart_gap[0], 2) if restart_gap else None}
+                  "not_consuming_seconds": round(restart_gap[0], 2) if restart_gap else None,
+                  "monitoring": self.monitoring_cost()}
         print(f"memmon: worker container idle {usage}, {idle_cores:.2%} of a core; not consuming for "
               f"{result['not_consuming_seconds']} s around the restart", flush=True)
         self.progress.finish()
         return result
+
+    def monitoring_cost(self) -> dict:
+        """What the metrics cost the worker: counting a task's outcome (task_counts.py, timed in
+        the worker image), and the CPU the supervisord listener (its 5 s ticks) has used so far."""
+        per_count = float(self.stack.compose("exec", "-T", "worker", "python3", "-c", COUNTING_COST).stdout.split()[-1])
+        processes = self.stack.compose("exec", "-T", "worker", "ps", "-eo", "times=,etimes=,args=").stdout
+        cpu, elapsed = next((int(line.split()[0]), int(line.split()[1])) for line in processes.splitlines()
+                            if LISTENER in line)
+        return {"count_microseconds": round(per_count * 1e6, 2), "listener_cpu_seconds": cpu,
+                "listener_elapsed_seconds": elapsed}
 
 
 def cores_used(start: tuple, end: tuple) -> float:
@@ -345,6 +356,16 @@ def main(argv: list) -> int:
     print(f"\nwrote {options.out / 'result.json'} and {options.out / 'result.png'}")
     return 0
 
+
+LISTENER = "monitoring.supervisor_listener"
+COUNTING_COST = """
+import timeit
+from myauth import task_counts
+class Task:
+    name = "diagnostics.esi"
+number = 200000
+print(timeit.timeit(lambda: task_counts.count("succeeded", Task), number=number) / number)
+"""
 
 MARKS = """
 import json, os, time

@@ -63,7 +63,22 @@ def table(result: dict) -> str:
         rows.append(f"Worker container at idle: {memmon['worker_container_idle']}, "
                     f"{memmon['worker_container_idle_cpu']:.2%} of a core; around a memmon restart the "
                     f"worker did not consume for {memmon['not_consuming_seconds']} s.")
+        rows.append(monitoring_cost(memmon["monitoring"], result["runs"]))
     return "\n".join(rows)
+
+
+def monitoring_cost(cost: dict, runs: list) -> str:
+    """The metrics' cost in the worker, beside what a no-op task costs the gevent worker."""
+    noop = next((r for r in runs if r["kind"] == "noop" and r["pool"] == "gevent" and r["cpu_cores"]), None)
+    text = f"Metrics in the worker: counting a task's outcome {cost['count_microseconds']} µs"
+    if noop:
+        per_task_us = noop["cpu_cores"] / noop["tasks_per_second"] * 1e6
+        text += f" ({cost['count_microseconds'] / per_task_us:.2%} of the {per_task_us:.0f} µs a no-op task costs {noop['variant']})"
+    # ps counts CPU in whole seconds: a listener below one second is bounded, not measured.
+    cpu, elapsed = cost["listener_cpu_seconds"], max(cost["listener_elapsed_seconds"], 1)
+    used = f"{cpu} s" if cpu else "under 1 s"
+    share = f"{cpu / elapsed:.2%}" if cpu else f"under {1 / elapsed:.2%}"
+    return text + f"; the supervisord listener used {used} of CPU in {elapsed} s ({share} of a core)."
 
 
 def chart(result: dict, path: Path) -> None:

@@ -1,9 +1,11 @@
 """Shared fixtures: one real stack, built from this checkout and started once per session.
 
-The stack runs as its own compose project (myauth-test) with its own generated .env (small
-overlay, the optional prefork worker enabled), a free web port and no outbound periodic tasks,
-so it never touches an operator's stack or data and never calls out of this machine. It is
-torn down with its volumes at the end.
+The stack runs as its own compose project (myauth-test, or $MYAUTH_TEST_PROJECT), on images
+tagged with that name, with its own generated .env (small overlay, the optional prefork worker
+and Prometheus enabled), free web and metrics ports and no outbound periodic tasks, so it never
+touches an operator's stack, data or images, nor another checkout's test run, and never calls
+out of this machine.
+It is torn down with its volumes at the end.
 """
 
 import importlib.machinery
@@ -21,9 +23,11 @@ from testcontainers.compose import DockerCompose
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "myauth" / "myauth"))
+sys.path.insert(0, str(ROOT / "myauth"))  # monitoring/: the Redis keys the stack writes (no Django)
 import environment  # noqa: E402  (myauth/myauth/environment.py: stdlib only)
 
-PROJECT = "myauth-test"
+PROJECT = os.environ.get("MYAUTH_TEST_PROJECT", "myauth-test")
+IMAGE_TAG = PROJECT  # every test stack of a run uses the images the run built
 
 
 def load_script(name: str):
@@ -44,19 +48,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_env_file(path: Path, project: str, overlay: str = "small") -> Path:
-    """A fresh .env for a test project, written by the same generator operators use."""
+def write_env_file(path: Path, project: str, overlay: str = "small", **settings: str) -> Path:
+    """A fresh .env for a test project, written by the same generator operators use; `settings`
+    replace the test stack's own (another image tag, fewer profiles)."""
     port = free_port()
-    environment.write_env_file(
-        str(path),
-        COMPOSE_PROJECT_NAME=project,
-        COMPOSE_FILE=f"compose.yaml:config/overlays/{overlay}.yaml:tests/stack.yaml",
-        COMPOSE_PROFILES="cpu",
-        WEB_PORT=str(port),
-        SITE_URL=f"http://localhost:{port}",
-        SCHEDULE_OUTBOUND_TASKS="false",
-        DIAGNOSTICS_ENABLED="true",
-    )
+    environment.write_env_file(str(path), **{
+        "COMPOSE_PROJECT_NAME": project,
+        "COMPOSE_FILE": f"compose.yaml:config/overlays/{overlay}.yaml:tests/stack.yaml",
+        "COMPOSE_PROFILES": "cpu,monitoring",
+        "IMAGE_TAG": IMAGE_TAG,
+        "WEB_PORT": str(port),
+        "METRICS_PORT": str(free_port()),
+        "SITE_URL": f"http://localhost:{port}",
+        "SCHEDULE_OUTBOUND_TASKS": "false",
+        "DIAGNOSTICS_ENABLED": "true",
+        **settings,
+    })
     return path
 
 
@@ -106,10 +113,26 @@ def inspect(container_id: str) -> dict:
     return json.loads(result.stdout)[0]
 
 
-def run_in(stack: DockerCompose, service: str, *command: str) -> str:
-    """Run a command in a running service container; fail the test with its output if it fails."""
+def compose(env_file: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """`docker compose` on the stack of this env file (its project, overlay and profiles)."""
+    return subprocess.run(["docker", "compose", "--env-file", str(env_file), *args], cwd=ROOT,
+                          capture_output=True, text=True, check=check)
+
+
+def docker(*arguments: str, check: bool = True, **options) -> str:
+    """A docker command's output; with check, fail the test with its output if it fails."""
+    result = subprocess.run(["docker", *arguments], capture_output=True, text=True, **options)
+    assert not check or result.returncode == 0, (
+        f"docker {' '.join(arguments[:4])} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def run_in(stack: DockerCompose, service: str, *command: str, **environment: str) -> str:
+    """Run a command in a running service container, with these variables set; fail the test with
+    its output if it fails."""
+    flags = [flag for name, value in environment.items() for flag in ("-e", f"{name}={value}")]
     result = subprocess.run(
-        [*stack.docker_compose_command(), "exec", "-T", service, *command], capture_output=True, text=True
+        [*stack.docker_compose_command(), "exec", "-T", *flags, service, *command], capture_output=True, text=True
     )
     assert result.returncode == 0, f"{command} in {service} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -118,12 +141,20 @@ def run_in(stack: DockerCompose, service: str, *command: str) -> str:
 def pytest_addoption(parser):
     parser.addoption("--full-soak", action="store_true",
                      help="the delivery soak at full length (10,000 tasks, 6 kills) instead of CI's short one")
+    parser.addoption("--full-swarm", action="store_true",
+                     help="test_swarm with the rolling update of the workers (3-4 more minutes)")
+
+
+def pytest_collection_modifyitems(items):
+    # On Docker 20.10, leaving a swarm breaks name resolution in the containers of every compose
+    # stack running then (moby/moby#45144): the tests that do it run after every other test.
+    items.sort(key=lambda item: item.get_closest_marker("leaves_swarm") is not None)
 
 
 MEASURED = []
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def report():
     """Record a figure a test measured; the run prints them all at its end (README quotes them)."""
     return MEASURED.append

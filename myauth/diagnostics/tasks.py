@@ -10,6 +10,7 @@ import uuid
 
 from celery import current_task, shared_task
 from django.core.cache import caches
+from django.db import connection, transaction
 
 from allianceauth.services.tasks import QueueOnce
 from allianceauth.utils.cache import get_redis_client
@@ -22,13 +23,17 @@ _held_memory = []  # what hold_memory keeps alive until the process restarts
 
 def record(label: str, event: str) -> None:
     request = current_task.request
+    record_event(label, event, request.id, request.delivery_info, request.hostname)
+
+
+def record_event(label: str, event: str, task_id: str, delivery_info: dict, node: str) -> None:
     get_redis_client().rpush(EVENTS, json.dumps({
         "label": label,
         "event": event,
         "time": time.time(),
-        "task_id": request.id,
-        "priority": (request.delivery_info or {}).get("priority"),
-        "node": request.hostname,
+        "task_id": task_id,
+        "priority": (delivery_info or {}).get("priority"),
+        "node": node,
         "container": socket.gethostname(),
         "pid": os.getpid(),
         "cache": cache_identity(),
@@ -52,6 +57,24 @@ def write_row(label: str) -> None:
     """Writes one row to the database, as an Alliance Auth task stores what it fetched."""
     record(label, "start")
     TaskRow.objects.create(label=label, task_id=current_task.request.id)
+    record(label, "end")
+
+
+@shared_task(name="diagnostics.write_row_left_uncommitted")
+def write_row_left_uncommitted(label: str) -> None:
+    """Writes one row inside a transaction it never ends: the pool must roll it back."""
+    record(label, "start")
+    transaction.set_autocommit(False)
+    TaskRow.objects.create(label=label, task_id=current_task.request.id)
+    record(label, "end")
+
+
+@shared_task(name="diagnostics.hold_database")
+def hold_database(label: str, seconds: float) -> None:
+    """Keeps a database connection busy for `seconds` (MariaDB's SLEEP)."""
+    record(label, "start")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT SLEEP(%s)", [seconds])
     record(label, "end")
 
 

@@ -6,9 +6,9 @@ from celery.app import trace
 # set the default Django settings module for the 'celery' program.
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'myauth.settings.local')
 
-from django.conf import settings  # noqa: E402
+from django.conf import settings
 
-from . import database, delivery, greenlets  # noqa: E402
+from . import database, delivery, greenlets, task_counts
 
 app = Celery('myauth')
 
@@ -75,3 +75,6 @@ trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 from .liveness import BrokerLivenessStep  # noqa: E402
 
 app.steps["consumer"].add(BrokerLivenessStep)
+
+# Task outcomes counted for the exporter, and the sent-at header of every task (task_counts.py).
+task_counts.apply(app)

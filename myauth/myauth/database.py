@@ -24,14 +24,22 @@ def size_pool(sender, **kwargs) -> None:
     if not pooled():
         return
     import dj_db_conn_pool
+    from django.db import connections
 
     dj_db_conn_pool.setup(pool_size=sender.concurrency, max_overflow=MAX_OVERFLOW, pre_ping=True)
+    # Celery ran Django's system checks before this, and one of Alliance Auth's asks MariaDB for
+    # its version: that made the pool already, with the library's defaults (10 connections and 10
+    # more). Close it; the next connection makes one of this size.
+    connections.close_all()
+    close_pool()
 
 
 def close_pool(**kwargs) -> None:
-    """worker_shutdown: close the pooled connections, so MariaDB does not count them as aborted."""
+    """worker_shutdown: close the pooled connections, so MariaDB does not count them as aborted,
+    and forget the pool."""
     if not pooled():
         return
     from dj_db_conn_pool.core import pool_container
 
     pool_container.dispose()
+    pool_container.clear()

@@ -1,13 +1,14 @@
 """The stack's configuration variables, in one table.
 
 The same table generates `.env` (random secrets per install), validates it on the host before
-anything starts (`scripts/check-env`), validates each container's environment at start-up, and
-is what the Django settings read through. Standard library only: it runs on the host too.
+anything starts (`scripts/up` runs `check .env`), validates each container's environment at
+start-up (the image's entrypoint runs `check`), and is what the Django settings read through. Standard library only: it runs on the host too.
 
     python3 environment.py generate .env   write a new .env (refuses to overwrite one)
     python3 environment.py check .env      validate a .env file
     python3 environment.py check           validate this process's environment
     python3 environment.py example         print .env.example
+    python3 environment.py url .env        print the URL at which the site answers (scripts/up)
 """
 
 import ipaddress
@@ -47,6 +48,12 @@ def _site_url(value: str) -> str:
 def _identifier(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", value):
         raise ValueError("must be a letter followed by up to 31 letters, digits or '_'")
+    return value
+
+
+def _image_tag(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
+        raise ValueError("must be a Docker image tag: letters, digits, '_', '.' or '-', at most 128, not starting with '.' or '-'")
     return value
 
 
@@ -106,9 +113,9 @@ def _compose_files(value: str) -> str:
 
 
 def _profiles(value: str) -> str:
-    unknown = set(filter(None, value.split(","))) - {"cpu", "loadtest"}
+    unknown = set(filter(None, value.split(","))) - {"cpu", "monitoring", "loadtest"}
     if unknown:
-        raise ValueError(f"may list only the profiles cpu and loadtest (unknown: {', '.join(sorted(unknown))})")
+        raise ValueError(f"may list only the profiles cpu, monitoring and loadtest (unknown: {', '.join(sorted(unknown))})")
     return value
 
 
@@ -124,27 +131,35 @@ class Variable:
     default: str | None = None  # None: required
     generate: bool = False  # a fresh random secret is written into each new .env
     in_env_file: bool = True  # False: set by compose.yaml / the overlays, not by the operator
+    in_app: bool = True  # False: for compose or another image only, never passed to the app containers
+    secret: bool = False  # on Docker Swarm a secret, never an environment variable (generated ones are too)
+
+    @property
+    def is_secret(self) -> bool:
+        return self.secret or self.generate
 
 
 VARIABLES = [
     # What runs: the overlay for the host size, and optional services.
-    Variable("COMPOSE_FILE", _compose_files, "compose.yaml plus the overlay for your host: small, medium or large", "compose.yaml:config/overlays/small.yaml"),
-    Variable("COMPOSE_PROFILES", _profiles, "cpu: also run worker-cpu, the prefork worker for CPU-bound tasks", ""),
+    Variable("COMPOSE_FILE", _compose_files, "compose.yaml plus the overlay for your host: small, medium or large", "compose.yaml:config/overlays/small.yaml", in_app=False),
+    Variable("COMPOSE_PROFILES", _profiles, "cpu: also run worker-cpu, the prefork worker for CPU-bound tasks; monitoring: Prometheus with the alert rules (comma-separated)", "", in_app=False),
+    Variable("IMAGE_TAG", _image_tag, "tag of the images scripts/build makes and compose runs (myauth-app, -redis, -mariadb)", "latest", in_app=False),
     # Secrets: generated per install, never a default.
     Variable("SECRET_KEY", _secret, "Django's secret key", generate=True),
-    Variable("MARIADB_ROOT_PASSWORD", _secret, "MariaDB root password", generate=True),
+    Variable("MARIADB_ROOT_PASSWORD", _secret, "MariaDB root password", generate=True, in_app=False),
     Variable("MARIADB_PASSWORD", _secret, "password of the application's MariaDB user", generate=True),
     Variable("REDIS_PASSWORD", _secret, "Redis password (broker, cache, QueueOnce locks)", generate=True),
     # The site.
     Variable("SITE_URL", _site_url, "public URL of the site, no trailing slash", "http://localhost:8000"),
     Variable("SITE_NAME", _text, "name shown in page titles", "Alliance Auth"),
-    Variable("WEB_BIND_ADDRESS", _ip_address, "host address the web port is published on", "127.0.0.1"),
-    Variable("WEB_PORT", _integer(1, 65535), "host port of the web app", "8000"),
+    Variable("WEB_BIND_ADDRESS", _ip_address, "host address the web port is published on", "127.0.0.1", in_app=False),
+    Variable("WEB_PORT", _integer(1, 65535), "host port of the web app", "8000", in_app=False),
+    Variable("METRICS_PORT", _integer(1, 65535), "host port of the metrics exporter (Prometheus text at /metrics, on 127.0.0.1 only)", "9808", in_app=False),
     Variable("MARIADB_DATABASE", _identifier, "database name", "alliance_auth"),
     Variable("MARIADB_USER", _identifier, "application's database user", "allianceauth"),
     # EVE Online SSO (https://developers.eveonline.com); empty until you register an application.
     Variable("ESI_SSO_CLIENT_ID", _text, "EVE SSO client id", ""),
-    Variable("ESI_SSO_CLIENT_SECRET", _text, "EVE SSO client secret", ""),
+    Variable("ESI_SSO_CLIENT_SECRET", _text, "EVE SSO client secret", "", secret=True),
     Variable("ESI_USER_CONTACT_EMAIL", _email, "contact CCP can reach (empty: admin@<site host>)", ""),
     # Behaviour switches.
     Variable("SCHEDULE_OUTBOUND_TASKS", _boolean, "false: beat skips Alliance Auth's periodic tasks that call out (ESI, GitLab, analytics)", "true"),
@@ -153,7 +168,7 @@ VARIABLES = [
     Variable("EMAIL_HOST", _text, "SMTP server (empty: no e-mail is sent)", ""),
     Variable("EMAIL_PORT", _integer(1, 65535), "SMTP port", "587"),
     Variable("EMAIL_HOST_USER", _text, "SMTP user", ""),
-    Variable("EMAIL_HOST_PASSWORD", _text, "SMTP password", ""),
+    Variable("EMAIL_HOST_PASSWORD", _text, "SMTP password", "", secret=True),
     Variable("EMAIL_USE_TLS", _boolean, "use STARTTLS", "true"),
     Variable("DEFAULT_FROM_EMAIL", _email, "sender address, e.g. noreply@example.com", ""),
     # Sizes: compose.yaml and the overlays set these in the containers.
@@ -168,6 +183,7 @@ VARIABLES = [
     Variable("PREFORK_MAX_MEMORY_PER_CHILD", _integer(1024, 64 * 1024**2), "KiB; a prefork child past it is replaced after its task", in_env_file=False),
     Variable("PREFORK_MAX_TASKS_PER_CHILD", _integer(1, 1_000_000), "tasks a prefork child runs before it is replaced", in_env_file=False),
     Variable("TASK_TIME_LIMIT", _integer(1, 86400), "hard time limit of a task, seconds", in_env_file=False),
+    Variable("WAIT_FOR_SCHEMA", _boolean, "true: wait until every migration is applied before starting (Docker Swarm has no depends_on)", "false", in_env_file=False),
     Variable("BROKER_VISIBILITY_TIMEOUT", _integer(1, 7 * 86400), "seconds after which Redis re-queues a task taken by a worker that never acknowledged it", in_env_file=False),
 ]
 BY_NAME = {variable.name: variable for variable in VARIABLES}
@@ -237,6 +253,25 @@ def write_env_file(path: str, **settings: str) -> None:
     os.chmod(path, 0o600)
 
 
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+
+
+def site_answers_at(values: Mapping[str, str]) -> str:
+    """The URL at which the site answers once the stack is up. Django answers only for the
+    SITE_URL's host (ALLOWED_HOSTS), and the web port speaks plain HTTP: when that host is this
+    machine (localhost, a loopback address or the address the port is published on), the web
+    port under that host name; otherwise SITE_URL itself, served by the operator's reverse proxy."""
+    parsed = validate(values, ["SITE_URL", "WEB_PORT", "WEB_BIND_ADDRESS"])
+    host = urlparse(parsed["SITE_URL"]).hostname
+    try:
+        local = ipaddress.ip_address(host).is_loopback or host == parsed["WEB_BIND_ADDRESS"]
+    except ValueError:
+        local = host in LOOPBACK_NAMES
+    if not local:
+        return parsed["SITE_URL"]
+    return f"http://{f'[{host}]' if ':' in host else host}:{parsed['WEB_PORT']}"
+
+
 def example_env_file() -> str:
     lines = [
         "# Every variable the operator sets. scripts/up writes .env from this table with fresh",
@@ -259,6 +294,8 @@ def main(argv) -> int:
         elif command == "check":
             present = [name for name in BY_NAME if name in os.environ]
             validate(os.environ, present)
+        elif command == "url" and path:
+            print(site_answers_at(read_env_file(path)))
         elif command == "example":
             sys.stdout.write(example_env_file())
         else:

@@ -25,10 +25,10 @@ import weakref
 
 import redis
 
+from monitoring.keys import HELD_PREFIX, LEASE_PREFIX  # the exporter reads the same keys
+
 logger = logging.getLogger(__name__)
 
-LEASE_PREFIX = "_myauth.lease."
-HELD_PREFIX = "_myauth.held."
 UNACKED = "unacked"  # kombu's key: the message itself, under its delivery tag
 BEAT_SECONDS = 3
 LEASE_SECONDS = 15  # five missed beats: a process that has not renewed it for this long is dead
@@ -229,7 +229,17 @@ class Lease:
         self.renewed_once = True
 
     def describe(self) -> str:
-        return json.dumps({"host": socket.gethostname(), "pid": self.pid, "renewed": time.time()})
+        return json.dumps({"host": socket.gethostname(), "pid": self.pid, "renewed": time.time(),
+                           "queues": self.queues()})
+
+    def queues(self) -> list:
+        """The task queues this process consumes (the exporter counts consumers per queue)."""
+        try:
+            self._queues = sorted({queue for channel in list(self.channels)
+                                   for queue in set(channel.active_queues) - set(channel._no_ack_queues)})
+        except RuntimeError:  # a channel or queue came or went meanwhile: what the last beat said
+            pass
+        return getattr(self, "_queues", [])
 
     def settle_retries(self, client) -> None:
         for tag in list(self.unsettled):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import check_sizing
+from tests.conftest import check_sizing, environment
 from tests.integration.diagnostics import Diagnostics
 
 # README "Guarantees": the tasks a dead worker process held run again this soon after its death.
@@ -15,6 +15,12 @@ def sizes(env_file) -> dict:
     services = check_sizing.compose_model(["--env-file", str(env_file)])["services"]
     return {**services["redis"]["environment"], **services["worker"]["environment"],
             **services["worker-cpu"]["environment"]}
+
+
+@pytest.fixture(scope="session")
+def memmon_limit_mib(sizes) -> int:
+    """memmon's limit of a gevent worker process, read as the stack reads it (environment.py)."""
+    return environment.validate(sizes, ["WORKER_MEMORY_LIMIT"])["WORKER_MEMORY_LIMIT"] // 2**20
 
 
 @pytest.fixture

@@ -10,9 +10,13 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
-from tests.conftest import ROOT, inspect, run_in
+import requests
+
+from tests.conftest import compose, inspect, run_in
+from monitoring.keys import bucket_key  # importable once tests.conftest has set the path
 
 ENQUEUE = """
 import json, os
@@ -26,7 +30,89 @@ print(json.dumps(ids))
 """
 ENQUEUE_BATCH = 500  # calls per exec: they travel in one environment variable, capped at 128 KiB
 SUPERVISORCTL = ("supervisorctl", "-c", "/etc/supervisor/supervisord.conf")
-PRIORITY_QUEUE_SEPARATOR = "\x06\x16"  # kombu's Redis key for priority p>0: "celery\x06\x16<p>"
+# KEYS: the held-hash prefix and kombu's unacked hash; ARGV: leases. Every message they hold
+# (a tag acknowledged meanwhile is no longer in unacked: skipped).
+HELD_MESSAGES = """
+local messages = {}
+for _, lease in ipairs(ARGV) do
+  for _, tag in ipairs(redis.call('HKEYS', KEYS[1] .. lease)) do
+    local message = redis.call('HGET', KEYS[2], tag)
+    if message then table.insert(messages, message) end
+  end
+end
+return messages
+"""
+
+
+def calls(task: str, prefix: str, count: int, *args, **options) -> list:
+    """[(task, [label, *args], options)] for `count` tasks labelled prefix-0000, prefix-0001, ..."""
+    return [(task, [f"{prefix}-{i:04d}", *args], options) for i in range(count)]
+
+
+def labels(batch: list) -> set:
+    return {call[1][0] for call in batch}
+
+
+def label_of(message: dict):
+    """A diagnostics task's label (its first argument) from a kombu message; None for a task without arguments."""
+    args = json.loads(base64.b64decode(message["body"]))[0]
+    return args[0] if args else None
+
+
+class Poller(threading.Thread):
+    """GETs a page every 0.2 s until stopped; keeps (time, status) with status 0 for no answer."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.results, self.stopped = url, [], threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                status = requests.get(self.url, timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            self.results.append((time.time(), status))
+            time.sleep(0.2)
+
+    def stop(self) -> list:
+        """Stop polling; return the (time, status) of each poll."""
+        self.stopped.set()
+        self.join()
+        return self.results
+
+
+class Stream(threading.Thread):
+    """Enqueues batches of `task` (label, *args) back to back until stopped, as a site's traffic
+    goes on while an operator changes something (a worker setting, a backup)."""
+
+    def __init__(self, diag, task: str, prefix: str, batch: int, *args):
+        super().__init__(daemon=True)
+        self.diag, self.task, self.prefix, self.batch, self.args = diag, task, prefix, batch, args
+        self.sent, self.error, self.stopped = set(), None, threading.Event()
+
+    def run(self):
+        try:
+            while not self.stopped.is_set():
+                batch = calls(self.task, f"{self.prefix}-{len(self.sent) // self.batch:03d}", self.batch, *self.args)
+                self.diag.enqueue(batch)
+                self.sent |= labels(batch)
+        except Exception as error:  # reported by stop()
+            self.error = error
+
+    def stop(self) -> set:
+        """Stop after the batch being sent; return every label sent."""
+        self.stopped.set()
+        self.join()
+        assert self.error is None, f"enqueueing the stream failed: {self.error!r}"
+        return self.sent
+
+
+def celery_stats(stack, service: str = "worker") -> dict:
+    """`celery inspect stats` in a service's container: {node: stats}, {} when no node answered."""
+    result = subprocess.run([*stack.docker_compose_command(), "exec", "-T", service, "celery", "-A", "myauth",
+                             "inspect", "stats", "--json", "--timeout", "10"], capture_output=True, text=True)
+    return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
 class Diagnostics:
@@ -36,26 +122,31 @@ class Diagnostics:
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([*self.stack.docker_compose_command(), *args], capture_output=True, text=True, check=check)
 
+    def run(self, service: str, *command: str, **environment: str) -> str:
+        """Run a command in the service's container, with these variables; fail the test if it fails."""
+        return run_in(self.stack, service, *command, **environment)
+
     def enqueue(self, calls: list) -> list:
         """[(task name, args, apply_async options), ...] -> task ids (None where QueueOnce declined)."""
         ids = []
         for start in range(0, len(calls), ENQUEUE_BATCH):
             batch = json.dumps(calls[start:start + ENQUEUE_BATCH])
-            result = subprocess.run(
-                [*self.stack.docker_compose_command(), "exec", "-T", "-e", f"CALLS={batch}", "web",
-                 "python3", "manage.py", "shell", "-c", ENQUEUE],
-                capture_output=True, text=True)
-            assert result.returncode == 0, result.stderr
-            ids += json.loads(result.stdout.strip().splitlines()[-1])
+            output = self.run("web", "python3", "manage.py", "shell", "-c", ENQUEUE, CALLS=batch)
+            ids += json.loads(output.strip().splitlines()[-1])
         return ids
 
     def redis(self, *command: str) -> str:
-        return run_in(self.stack, "redis", "redis-cli", "--raw", *command)
+        return self.run("redis", "redis-cli", "--raw", *command)
 
     def reset(self) -> None:
         """Wait until no task is queued or held by a worker (beat adds one a minute; a killed
         worker's tasks are re-queued after the visibility timeout), then forget earlier records."""
-        self.wait_for(lambda: self.queued() == 0 and self.in_flight() == 0, 90, "the queues to drain")
+        try:
+            self.wait_for(lambda: self.queued() == 0 and self.in_flight() == 0, 90, "the queues to drain")
+        except AssertionError as error:  # say what stayed, so that a stuck queue explains itself
+            stuck = {q: {p: n for p, n in self.queue_lengths(q).items() if n} for q in ("celery", "cpu")}
+            raise AssertionError(f"{error}: waiting {stuck}, labels {sorted(self.queued_labels())[:20]}; "
+                                 f"in flight {self.in_flight()}, held {self.held()}, leases {self.leases()}") from None
         self.redis("-n", "1", "del", "diagnostics:events")
 
     def events(self) -> list:
@@ -83,21 +174,22 @@ class Diagnostics:
                       f"{len(labels)} tasks to end ({len(labels - self.ended_labels())} still missing)")
         return self.events()
 
-    @staticmethod
-    def bucket_key(queue: str, priority: int) -> str:
-        return queue if priority == 0 else f"{queue}{PRIORITY_QUEUE_SEPARATOR}{priority}"
-
     def queue_lengths(self, queue: str = "celery") -> dict:
         """Messages waiting per priority bucket (0 is kombu's unsuffixed key)."""
-        return {p: int(self.redis("llen", self.bucket_key(queue, p))) for p in range(10)}
+        return {p: int(self.redis("llen", bucket_key(queue, p))) for p in range(10)}
+
+    def waiting(self, queue: str, priority: int) -> list:
+        """The messages waiting in one priority bucket, as kombu stores them."""
+        messages = self.redis("lrange", bucket_key(queue, priority), "0", "-1").splitlines()
+        return [json.loads(m) for m in messages if m]  # an empty list prints ""
 
     def queued_tasks(self, queue: str = "celery") -> dict:
         """{priority bucket: [task name of each waiting message]}."""
-        def tasks(priority):
-            messages = self.redis("lrange", self.bucket_key(queue, priority), "0", "-1").splitlines()
-            return [json.loads(m)["headers"]["task"] for m in messages if m]  # an empty list prints ""
+        return {p: [m["headers"]["task"] for m in self.waiting(queue, p)] for p in range(10)}
 
-        return {p: tasks(p) for p in range(10)}
+    def queued_labels(self) -> set:
+        """The labels (first argument) of every waiting diagnostics task, whatever its queue."""
+        return {label_of(m) for q in ("celery", "cpu") for p in range(10) for m in self.waiting(q, p)} - {None}
 
     def queued(self) -> int:
         return sum(sum(self.queue_lengths(q).values()) for q in ("celery", "cpu"))
@@ -111,7 +203,7 @@ class Diagnostics:
         if not hasattr(self, "_lease_settings"):
             script = ("import json; from myauth import lease; print(json.dumps({name: getattr(lease, name) for name in "
                       "('LEASE_PREFIX', 'HELD_PREFIX', 'UNACKED', 'LEASE_SECONDS', 'BEAT_SECONDS')}))")
-            Diagnostics._lease_settings = json.loads(run_in(self.stack, "worker", "python3", "-c", script))
+            Diagnostics._lease_settings = json.loads(self.run("worker", "python3", "-c", script))
         return self._lease_settings
 
     def leases(self) -> dict:
@@ -130,15 +222,11 @@ class Diagnostics:
         return held
 
     def labels_held(self, leases) -> set:
-        """The labels of the tasks held under these leases, read from the messages the broker keeps."""
-        labels = set()
-        for lease, tags in self.held().items():
-            if lease in leases and tags:
-                entries = self.redis("hmget", self.lease_settings()["UNACKED"], *tags).splitlines()
-                for entry in filter(None, entries):  # (one acknowledged since: gone)
-                    message = json.loads(entry)[0]
-                    labels.add(json.loads(base64.b64decode(message["body"]))[0][0])
-        return labels
+        """The labels of the tasks held under these leases, read from the messages the broker keeps,
+        in one Redis call: quick enough to follow a kill well before a live worker hands them back."""
+        settings = self.lease_settings()
+        messages = self.redis("eval", HELD_MESSAGES, "2", settings["HELD_PREFIX"], settings["UNACKED"], *leases)
+        return {label_of(json.loads(line)[0]) for line in messages.splitlines() if line} - {None}
 
     def runs(self) -> dict:
         """{label: how many times a task with it started}."""
@@ -147,10 +235,14 @@ class Diagnostics:
             counts[event["label"]] = counts.get(event["label"], 0) + 1
         return counts
 
+    def rows_written(self, prefix: str) -> tuple:
+        """(distinct labels, rows) of the diagnostics rows whose label starts with `prefix`."""
+        count = ("from diagnostics.models import TaskRow; rows = TaskRow.objects.filter(label__startswith=%r);"
+                 "print(rows.values('label').distinct().count(), rows.count())" % prefix)
+        return tuple(int(n) for n in self.run("web", "python3", "manage.py", "shell", "-c", count).split()[-2:])
+
     def supervisor(self, *args: str) -> str:
-        result = subprocess.run([*self.stack.docker_compose_command(), "exec", "-T", "worker", *SUPERVISORCTL, *args],
-                                capture_output=True, text=True)
-        return result.stdout
+        return self.compose("exec", "-T", "worker", *SUPERVISORCTL, *args, check=False).stdout
 
     def supervisor_pids(self) -> dict:
         """{process name: pid} of every RUNNING supervisord process."""
@@ -174,8 +266,7 @@ class Diagnostics:
     @staticmethod
     def up_worker(env_file) -> None:
         """`docker compose up -d` of the worker with this env file, as an operator applies a change."""
-        subprocess.run(["docker", "compose", "--env-file", str(env_file), "up", "--detach", "--no-deps", "--wait", "worker"],
-                       cwd=ROOT, check=True, capture_output=True)
+        compose(env_file, "up", "--detach", "--no-deps", "--wait", "worker", check=True)
 
     def container_state(self, service: str) -> dict:
         container_id = self.compose("ps", "--all", "--quiet", service).stdout.strip()

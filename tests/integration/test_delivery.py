@@ -13,14 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, run_in
 from tests.integration.conftest import RERUN_WITHIN_SECONDS
-
-
-def calls(task: str, prefix: str, count: int, *args, **options) -> list:
-    return [(task, [f"{prefix}-{i:04d}", *args], options) for i in range(count)]
-
-
-def labels(batch: list) -> set:
-    return {call[1][0] for call in batch}
+from tests.integration.diagnostics import calls, labels
 
 
 def starts_of(events: list, label: str) -> list:
@@ -38,8 +31,9 @@ def test_a_worker_killed_right_after_it_fetched_a_message_loses_nothing(diag, re
                      "--pool=gevent", "--concurrency=1", "--queues=celery", "--hostname=fetch-held@%h")
         tag = diag.wait_for(lambda: diag.compose("exec", "-T", "worker", "cat", held_file, check=False).stdout,
                             90, "the one-off worker to fetch the message")
-        # Off its list and recorded as held by that process, in the same step.
-        assert diag.queued() == 0
+        # Off its list and recorded as held by that process, in the same step. (Beat may have queued
+        # its own diagnostics.mark meanwhile: only this message's label counts.)
+        assert "fetch-held" not in diag.queued_labels()
         holders = [lease for lease, tags in diag.held().items() if tag in tags]
         assert len(holders) == 1, diag.held()
         pid = run_in(diag.stack, "worker", "pgrep", "-f", "fetch-held@").split()[0]
@@ -145,11 +139,12 @@ def test_workers_sweeping_a_dead_consumer_at_once_hand_back_each_message_once(di
                                    FAKE_DEAD_CONSUMER).strip().splitlines()[-1])
     finally:
         diag.supervisor("start", "worker:*")
-    assert result["taken"] == len(batch)
-    assert result["queued"] == len(batch) and result["left_held"] == 0, result
+    # Beat may queue a periodic task while the workers are stopped: the fake consumer takes it too.
+    assert result["taken"] >= len(batch)
+    assert result["queued"] == result["taken"] and result["left_held"] == 0, result
     diag.wait_until_ended(labels(batch), 120)
     runs = diag.runs()
-    assert all(runs[label] == 1 for label in labels(batch)), {l: n for l, n in runs.items() if n != 1}
+    assert all(runs[label] == 1 for label in labels(batch)), {label: n for label, n in runs.items() if n != 1}
     report(f"a dead consumer's {len(batch)} messages swept by 8 workers at once (these returned "
            f"{sorted(result['returned'], reverse=True)}, the stack's own the rest): each queued once, ran once")
 
@@ -223,7 +218,9 @@ def check_soak(events: list, kills: list) -> tuple:
 @pytest.fixture
 def esi_stub(diag):
     diag.compose("--profile", "loadtest", "up", "--detach", "--no-deps", "esi-stub")
-    yield "http://esi-stub:8080/?ms=300&jitter=100"
+    # ESI calls of about a second: 75 greenlets then run about 65 tasks a second, slow enough that
+    # a kill lands while the worker is busy even when the test's own docker calls are slow.
+    yield "http://esi-stub:8080/?ms=1000&jitter=300"
     diag.compose("--profile", "loadtest", "rm", "--stop", "--force", "esi-stub")
 
 
@@ -237,14 +234,17 @@ def test_a_soak_with_the_worker_killed_repeatedly_runs_every_task_and_repeats_on
         batch = [("diagnostics.esi_update", [f"soak-{i:05d}", esi_stub], {"priority": (2, 5, 7)[i % 3]})
                  for i in range(tasks)]
         began = time.time()
-        diag.enqueue(batch)
         kills, dead = [], set()
-        for k in range(1, kills_wanted + 1):
-            diag.wait_for(lambda: len(diag.ended_labels()) >= tasks * k // (kills_wanted + 1), 600,
-                          f"the soak to reach kill {k}")
+        # One part of the batch per kill, and one after the last: each kill finds work queued and
+        # running however long the test took to get there.
+        parts = [batch[i::kills_wanted + 1] for i in range(kills_wanted + 1)]
+        for k, part in enumerate(parts, start=1):
+            diag.enqueue(part)
+            if k > kills_wanted:
+                break
+            diag.wait_for(lambda: len(labels(part) & diag.ended_labels()) >= len(part) // 4, 600,
+                          f"a quarter of part {k} to have run")
             container = run_in(diag.stack, "worker", "hostname").strip()
-            diag.wait_for(lambda: diag.labels_held(set(diag.leases()) - dead), 120,
-                          f"the worker to run tasks again before kill {k}")
             started_at = diag.container_state("worker")["StartedAt"]
             leases = {lease for lease in diag.leases() if lease.startswith(f"{container}.")} - dead  # host.pid.random
             killed_at = diag.crash("worker")
@@ -263,7 +263,7 @@ def test_a_soak_with_the_worker_killed_repeatedly_runs_every_task_and_repeats_on
     reran, problems = check_soak([e for e in events if e["label"].startswith("soak-")], kills)
     assert not problems, (problems[:20], f"kills: {kills}", f"worker log: {tmp_path / 'worker.log'}",
                           [e for e in events if any(e["label"] in problem for problem in problems[:5])])
-    assert all(held for _, held in kills), "a kill found the worker holding nothing: it came too late"
+    assert all(held for _, held in kills), ("a kill found the worker holding nothing", [len(held) for _, held in kills])
     slowest = max((seconds for delays in reran.values() for seconds in delays), default=0)
     assert slowest <= RERUN_WITHIN_SECONDS, {label: delays for label, delays in reran.items()
                                              if max(delays) > RERUN_WITHIN_SECONDS}

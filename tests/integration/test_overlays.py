@@ -11,6 +11,7 @@ import os
 import pytest
 
 from tests.conftest import PROJECT, check_sizing, inspect, run_in, start_stack, write_env_file
+from tests.integration.diagnostics import celery_stats
 
 
 def declared(env_file) -> dict:
@@ -28,8 +29,7 @@ def assert_running_as_declared(stack, model):
 
     worker = services["worker"]["environment"]
     cpu = services["worker-cpu"]["environment"]
-    stats = json.loads(run_in(stack, "worker", "celery", "-A", "myauth", "inspect", "stats", "--json",
-                              "--timeout", "10"))
+    stats = celery_stats(stack)
     concurrency = {node.split("@")[0]: s["pool"]["max-concurrency"] for node, s in stats.items()}
     expected = {f"worker_{n:02d}": int(worker["WORKER_CONCURRENCY"]) for n in range(int(worker["WORKER_PROGRAMS"]))}
     expected |= {"worker_services_00": 1, "cpu": int(cpu["PREFORK_CONCURRENCY"])}

@@ -5,10 +5,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import inspect, run_in
-
-SERVICES = ["redis", "mariadb", "web", "worker", "worker-cpu", "beat"]
-IMAGES = ["myauth-app:latest", "myauth-redis:latest", "myauth-mariadb:latest"]
+from tests.conftest import IMAGE_TAG, check_sizing, inspect, run_in
+IMAGES = [f"myauth-app:{IMAGE_TAG}", f"myauth-redis:{IMAGE_TAG}", f"myauth-mariadb:{IMAGE_TAG}", f"myauth-prometheus:{IMAGE_TAG}"]
 
 
 def host_config(stack, service):
@@ -16,7 +14,7 @@ def host_config(stack, service):
     return inspect(container.ID)["HostConfig"]
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", check_sizing.LONG_RUNNING)
 def test_service_runs_without_capabilities_or_privilege_escalation_on_a_read_only_root(stack, service):
     config = host_config(stack, service)
     assert config["CapDrop"] == ["ALL"] and not config["CapAdd"]
@@ -25,6 +23,16 @@ def test_service_runs_without_capabilities_or_privilege_escalation_on_a_read_onl
     result = subprocess.run([*stack.docker_compose_command(), "exec", "-T", service, "sh", "-c", "touch /etc/probe"],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "Read-only file system" in result.stderr
+
+
+def test_only_the_web_and_metrics_ports_are_published_and_only_on_loopback(stack, env):
+    published = {}
+    for container in stack.get_containers():
+        ports = inspect(container.ID)["NetworkSettings"]["Ports"]
+        published[container.Service] = [b for bindings in ports.values() if bindings for b in bindings]
+    assert {s for s, bindings in published.items() if bindings} == {"web", "metrics"}
+    assert {(b["HostIp"], b["HostPort"]) for b in published["web"]} == {("127.0.0.1", env["WEB_PORT"])}
+    assert {(b["HostIp"], b["HostPort"]) for b in published["metrics"]} == {("127.0.0.1", env["METRICS_PORT"])}
 
 
 def address(stack, service):

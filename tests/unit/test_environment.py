@@ -1,6 +1,7 @@
 """The configuration table: generation, validation and the documented example."""
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, environment
 
@@ -44,7 +45,7 @@ def test_generate_never_overwrites_an_existing_env_file(tmp_path):
 ])
 def test_each_bad_value_is_reported_with_its_name(tmp_path, capsys, name, value, message):
     path = generated(tmp_path)
-    lines = [l for l in path.read_text().splitlines() if not l.startswith(f"{name}=")]
+    lines = [line for line in path.read_text().splitlines() if not line.startswith(f"{name}=")]
     path.write_text("\n".join(lines + [f"{name}={value}"]) + "\n")
     assert environment.main(["check", str(path)]) == 1
     assert message in capsys.readouterr().err
@@ -80,6 +81,13 @@ def test_memory_sizes_memmon_would_misread_are_rejected(value):
         environment.validate({"WORKER_MEMORY_LIMIT": value}, ["WORKER_MEMORY_LIMIT"])
 
 
+def test_compose_passes_the_app_containers_every_operator_variable_they_read_and_no_unknown_one():
+    passed = yaml.safe_load((ROOT / "compose.yaml").read_text())["x-app"]["environment"]
+    from_env_file = {name for name, value in passed.items() if value.startswith(f"${{{name}:")}
+    assert from_env_file == {v.name for v in environment.VARIABLES if v.in_env_file and v.in_app}
+    assert set(passed) <= set(environment.BY_NAME)
+
+
 def test_env_example_documents_every_operator_variable_and_holds_no_secret():
     example = (ROOT / ".env.example").read_text()
     assert example == environment.example_env_file(), "regenerate: python3 myauth/myauth/environment.py example > .env.example"
@@ -87,3 +95,16 @@ def test_env_example_documents_every_operator_variable_and_holds_no_secret():
     for variable in environment.VARIABLES:
         if variable.generate:
             assert values[variable.name] == ""
+
+
+@pytest.mark.parametrize("site_url, bind, port, url", [
+    ("http://localhost:8000", "127.0.0.1", "8000", "http://localhost:8000"),  # the default
+    ("http://localhost", "127.0.0.1", "8123", "http://localhost:8123"),
+    ("https://127.0.0.1", "127.0.0.1", "9000", "http://127.0.0.1:9000"),
+    ("http://[::1]:8000", "127.0.0.1", "8000", "http://[::1]:8000"),
+    ("http://192.0.2.7", "192.0.2.7", "8000", "http://192.0.2.7:8000"),
+    ("https://auth.example.com", "127.0.0.1", "8000", "https://auth.example.com"),  # through the reverse proxy
+])
+def test_the_url_scripts_up_prints_is_one_django_answers_for(site_url, bind, port, url):
+    # ALLOWED_HOSTS is the SITE_URL's host only: the URL must carry that host (issue 14).
+    assert environment.site_answers_at({"SITE_URL": site_url, "WEB_BIND_ADDRESS": bind, "WEB_PORT": port}) == url

@@ -73,6 +73,12 @@ def test_each_rule_fires_with_its_numbers(small, service, path, value, message):
     assert any(message in p for p in problems), problems
 
 
+def test_the_readme_lists_every_rule_as_the_code_states_it():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    missing = [rule for rule in check_sizing.rules() if f"- {' '.join(rule.split())}" not in readme]
+    assert not missing, f"README.md's Sizing must list what scripts/check-sizing --rules prints: {missing}"
+
+
 def test_a_stack_without_an_overlay_is_refused(env_file):
     problems = check_sizing.violations(model(env_file))
     assert any("no host size (x-host)" in p for p in problems)

@@ -1,7 +1,7 @@
 # Every setting in base.py can be overloaded by redefining it here.
 # Values that differ per install come from the environment (.env, see .env.example), read
 # through myauth/environment.py, which names any missing or malformed variable.
-from .base import *  # noqa: F403
+from .base import *
 import sys
 from urllib.parse import urlparse
 
@@ -14,9 +14,9 @@ WSGI_APPLICATION = "myauth.wsgi.application"
 SECRET_KEY = read("SECRET_KEY")
 
 # Collected into the image at build time and served by the web container (WhiteNoise).
-STATIC_ROOT = os.path.join(BASE_DIR, "static")  # noqa: F405
-MIDDLEWARE.insert(  # noqa: F405
-    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,  # noqa: F405
+STATIC_ROOT = os.path.join(BASE_DIR, "static")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
     "whitenoise.middleware.WhiteNoiseMiddleware",
 )
 
@@ -31,7 +31,7 @@ DEBUG = False
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Add any additional apps to this list.
-INSTALLED_APPS += [  # noqa: F405
+INSTALLED_APPS += [
     # 'allianceauth.theme.bootstrap',
 ]
 
@@ -48,7 +48,7 @@ if "gevent.monkey" in sys.modules and sys.modules["gevent.monkey"].is_module_pat
 else:
     _DATABASE_ENGINE = "django.db.backends.mysql"
 
-DATABASES["default"] = {  # noqa: F405
+DATABASES["default"] = {
     "ENGINE": _DATABASE_ENGINE,
     "NAME": read("MARIADB_DATABASE"),
     "USER": read("MARIADB_USER"),
@@ -61,11 +61,11 @@ DATABASES["default"] = {  # noqa: F405
 # Redis: db 0 is Celery's broker, db 1 Django's cache (sessions, QueueOnce locks).
 _REDIS = f"redis://:{read('REDIS_PASSWORD')}@redis:6379"
 BROKER_URL = f"{_REDIS}/0"
-CACHES["default"]["LOCATION"] = f"{_REDIS}/1"  # noqa: F405
+CACHES["default"]["LOCATION"] = f"{_REDIS}/1"
 # redis-py's pool raises "Too many connections" past 100; a gevent worker's greenlets outnumber
 # that, and a task that meets the error is treated as a Redis outage and run again
 # (delivery.py). Wait for a free connection instead.
-CACHES["default"]["OPTIONS"] = {  # noqa: F405
+CACHES["default"]["OPTIONS"] = {
     "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
     "CONNECTION_POOL_KWARGS": {"max_connections": 50, "timeout": 20},
 }
@@ -75,8 +75,8 @@ CELERYBEAT_SCHEDULER = "myauth.beat.LivenessScheduler"
 # Air-gapped installs and CI: beat schedules only Alliance Auth's entries that stay inside
 # the stack, none that call EVE's ESI, GitLab or Google Analytics.
 if not read("SCHEDULE_OUTBOUND_TASKS"):
-    CELERYBEAT_SCHEDULE = {  # noqa: F405
-        name: entry for name, entry in CELERYBEAT_SCHEDULE.items()  # noqa: F405
+    CELERYBEAT_SCHEDULE = {
+        name: entry for name, entry in CELERYBEAT_SCHEDULE.items()
         if name == "esi_cleanup_callbackredirect"
     }
 # Beat writes each entry's last run to the database right after sending it (Celery's default
@@ -100,15 +100,15 @@ DEFAULT_FROM_EMAIL = read("DEFAULT_FROM_EMAIL")
 
 # Containers log to stdout (docker logs, rotated by compose); no log files in the image.
 for _handler in ("log_file", "extension_file", "mumble_authenticator_file"):
-    LOGGING["handlers"][_handler] = {"class": "logging.NullHandler"}  # noqa: F405
-LOGGING["handlers"]["console"]["level"] = "INFO"  # noqa: F405
+    LOGGING["handlers"][_handler] = {"class": "logging.NullHandler"}
+LOGGING["handlers"]["console"]["level"] = "INFO"
 
 # Tasks that prove the stack's behaviour (tests, load test); off in production.
 if read("DIAGNOSTICS_ENABLED"):
-    INSTALLED_APPS += ["diagnostics"]  # noqa: F405
-    CELERYBEAT_SCHEDULE["diagnostics_every_minute"] = {  # noqa: F405
+    INSTALLED_APPS += ["diagnostics"]
+    CELERYBEAT_SCHEDULE["diagnostics_every_minute"] = {
         "task": "diagnostics.mark",
-        "schedule": crontab(minute="*"),  # noqa: F405
+        "schedule": crontab(minute="*"),
         "args": ["beat"],
     }
 
