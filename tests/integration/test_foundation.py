@@ -63,6 +63,12 @@ def test_supervisord_runs_every_worker_program_and_memmon(stack):
 
 
 def test_seed_load_command_run_model_update_completes_in_the_worker(stack):
+    # With any EVE model in the database it would ask EVE's ESI about it (unreachable here: the
+    # task it queues hangs until its time limit), so earlier tests must leave none behind.
+    count = ("from allianceauth.eveonline.models import EveAllianceInfo, EveCharacter, EveCorporationInfo;"
+             "print(sum(m.objects.count() for m in (EveAllianceInfo, EveCharacter, EveCorporationInfo)))")
+    left = run_in(stack, "web", "python3", "manage.py", "shell", "-c", count).strip().splitlines()[-1]
+    assert left == "0", f"{left} EVE models left by an earlier test; run_model_update would call ESI for them"
     task_id = run_in(stack, "worker", "celery", "-A", "myauth", "call",
                      "allianceauth.eveonline.tasks.run_model_update").strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", task_id), task_id
