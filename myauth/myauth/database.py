@@ -6,6 +6,7 @@ puts the connection back into the pool instead. settings/local.py selects the en
 gevent worker only; web, beat and the prefork worker keep Django's own.
 """
 
+SERVER_STATUS_IN_TRANS = 1  # MySQL protocol's status flag (PyMySQL's constants.SERVER_STATUS)
 POOL_ENGINE = "myauth.pooled_mysql"  # django-db-connection-pool's, each connection prepared once
 MAX_OVERFLOW = 1  # beyond a connection per greenlet: the worker's own, outside any task
 
@@ -24,14 +25,28 @@ def size_pool(sender, **kwargs) -> None:
     if not pooled():
         return
     import dj_db_conn_pool
+    from dj_db_conn_pool.core import pool_container
     from django.db import connections
+    from sqlalchemy import event, pool
 
     dj_db_conn_pool.setup(pool_size=sender.concurrency, max_overflow=MAX_OVERFLOW, pre_ping=True)
+    # SQLAlchemy rolls back every connection returned to the pool: a round trip after every task,
+    # though Django's autocommit leaves no transaction open. Roll back only one that has one.
+    pool_container.pool_default_params["reset_on_return"] = None
+    if not event.contains(pool.QueuePool, "reset", rollback_open_transaction):
+        event.listen(pool.QueuePool, "reset", rollback_open_transaction)
     # Celery ran Django's system checks before this, and one of Alliance Auth's asks MariaDB for
     # its version: that made the pool already, with the library's defaults (10 connections and 10
     # more). Close it; the next connection makes one of this size.
     connections.close_all()
     close_pool()
+
+
+def rollback_open_transaction(dbapi_connection, connection_record, reset_state) -> None:
+    """The pool's reset of a returned connection: a rollback only if a transaction is open (the
+    server says so in the status of its last reply, which PyMySQL keeps)."""
+    if not reset_state.transaction_was_reset and (dbapi_connection.server_status or 0) & SERVER_STATUS_IN_TRANS:
+        dbapi_connection.rollback()
 
 
 def close_pool(**kwargs) -> None:
