@@ -40,7 +40,9 @@ are still pushed back by kombu's sweep, after BROKER_VISIBILITY_TIMEOUT (deliver
 """
 
 import copy
+import os
 import time
+import weakref
 from queue import Empty
 
 from celery.utils.log import get_logger
@@ -55,7 +57,7 @@ from myauth import lease as leases
 logger = get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
-SLOT_RECHECK_SECONDS = 0.02
+SLOT_RECHECK_SECONDS = 1  # a worker whose slots are all busy is woken when one frees; this is the fallback
 IDLE_RECHECK_SECONDS = 1
 IDLE_RECHECK_WITH_EVENTS_SECONDS = 30
 RESTORE_SWEEP_SECONDS = 10  # kombu's own sweep, for messages an older release's worker recorded
@@ -106,6 +108,7 @@ class QoS(redis.QoS):
     def ack(self, delivery_tag):
         self.channel.lease.settle(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+        self.channel.connection.cycle.slot_freed()
 
     def reject(self, delivery_tag, requeue=False):
         if requeue:
@@ -113,6 +116,7 @@ class QoS(redis.QoS):
         else:
             self.channel.lease.settle(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+        self.channel.connection.cycle.slot_freed()
 
     def restore_unacked(self, client=None):
         """The channel closes (shutdown, or a lost connection to the broker): hand back what
@@ -365,13 +369,52 @@ class Poller(redis.MultiChannelPoller):
             return channel._wake_read()  # also while every slot is busy: read, note, move on
         return super().on_readable(fileno)
 
+    def __init__(self):
+        super().__init__()
+        # Written when a slot frees while the consumer waits for one; read by the poll it waits in.
+        self.slot_freed_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        weakref.finalize(self, os.close, self.slot_freed_fd)
+        self.waiting_for_slot = False
+        self._slot_fd_poller = None
+
     def get(self, callback, timeout=None):
-        # A worker without an event loop (gevent) drains the broker in a loop of get() calls.
-        # While every slot is busy kombu waits a whole poll timeout (1-2 s) before it looks for
-        # a free slot again, so slots sit idle after each task. Look again soon.
+        # A worker without an event loop (gevent, threads) drains the broker in a loop of get()
+        # calls. While every slot is busy kombu waits a whole poll timeout (1-2 s) before it
+        # looks for a free slot again, so slots sat idle after each task: here the task's
+        # acknowledgement wakes the poll. The flag is raised before the check, so a slot that a
+        # pool thread frees in between still wakes it.
+        self.waiting_for_slot = True
         if any(channel.active_queues and not channel.qos.can_consume() for channel in self._channels):
+            if self._slot_fd_poller is not self.poller:  # a new poller after a reconnection
+                self.poller.register(self.slot_freed_fd, self.eventflags)
+                self._slot_fd_poller = self.poller
             timeout = min(timeout or SLOT_RECHECK_SECONDS, SLOT_RECHECK_SECONDS)
+        else:
+            self.waiting_for_slot = False
         return super().get(callback, timeout)
+
+    def slot_freed(self):
+        if self.waiting_for_slot:
+            self.waiting_for_slot = False
+            os.eventfd_write(self.slot_freed_fd, 1)
+
+    def handle_event(self, fileno, event):
+        if fileno == self.slot_freed_fd:
+            try:
+                os.eventfd_read(self.slot_freed_fd)
+            except BlockingIOError:  # read by an earlier event of the same poll
+                pass
+            return None
+        return super().handle_event(fileno, event)
+
+    def close(self):
+        super().close()
+        if self._slot_fd_poller is not None:
+            try:
+                self._slot_fd_poller.unregister(self.slot_freed_fd)
+            except (KeyError, ValueError, OSError):
+                pass
+            self._slot_fd_poller = None
 
     def maybe_restore_messages(self):
         # By the clock: a busy gevent worker calls this 50 times a second.
