@@ -108,7 +108,7 @@ class QoS(redis.QoS):
     def ack(self, delivery_tag):
         self.channel.lease.settle(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
-        self.channel.connection.cycle.slot_freed()
+        self.slot_freed()
 
     def reject(self, delivery_tag, requeue=False):
         if requeue:
@@ -116,7 +116,14 @@ class QoS(redis.QoS):
         else:
             self.channel.lease.settle(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
-        self.channel.connection.cycle.slot_freed()
+        self.slot_freed()
+
+    def slot_freed(self):
+        """Wake a consumer waiting for a free slot (Poller.get). A channel that has closed (kombu
+        then drops its connection) has no consumer left to wake."""
+        transport = self.channel.connection
+        if transport is not None:
+            transport.cycle.slot_freed()
 
     def restore_unacked(self, client=None):
         """The channel closes (shutdown, or a lost connection to the broker): hand back what
