@@ -43,9 +43,14 @@ def size_pool(sender, **kwargs) -> None:
 
 
 def rollback_open_transaction(dbapi_connection, connection_record, reset_state) -> None:
-    """The pool's reset of a returned connection: a rollback only if a transaction is open (the
-    server says so in the status of its last reply, which PyMySQL keeps)."""
-    if not reset_state.transaction_was_reset and (dbapi_connection.server_status or 0) & SERVER_STATUS_IN_TRANS:
+    """The pool's reset of a returned connection: a rollback only if a transaction may be open:
+    the connection is not in autocommit mode (Django turns it off for a transaction, and back on
+    after it), or the server said a transaction is open (a START TRANSACTION). PyMySQL keeps the
+    server's status only from replies without rows: after one with rows (Django's INSERT ...
+    RETURNING on MariaDB, inside a transaction a task left open) it is stale, the mode is not."""
+    if reset_state.transaction_was_reset:
+        return
+    if not dbapi_connection.autocommit_mode or (dbapi_connection.server_status or 0) & SERVER_STATUS_IN_TRANS:
         dbapi_connection.rollback()
 
 
