@@ -1,29 +1,24 @@
 """Draws docs/queue-draining.png: a backlog queued while the worker is stopped, then drained,
 as the exporter reports it (myauth_queue_length per priority, sampled every second).
 
-    MYAUTH_TEST_PROJECT=<images' tag> .venv-tests/bin/python docs/queue-draining.py ENV_FILE
+    PYTHONPATH=.:myauth .venv-tests/bin/python docs/queue-draining.py ENV_FILE
 
-on a running test stack (diagnostics enabled), e.g. one started from tests/conftest.py's env file.
+on a running test stack (diagnostics enabled), e.g. one started from tests/integration/conftest.py's env file.
 """
 
 import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import matplotlib
-from testcontainers.compose import DockerCompose
+from monitoring.exposition import parse
+
+from stackctl.stack import ROOT, Stack
+from tests.integration.diagnostics import Diagnostics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "myauth"))
-from monitoring.exposition import parse  # noqa: E402
-from tests.conftest import environment  # noqa: E402
-from tests.integration.diagnostics import Diagnostics  # noqa: E402
 
 BACKLOG = {2: 150, 5: 450, 8: 300}  # priority: tasks of 4 s each
 TASK_SECONDS = 4
@@ -37,8 +32,9 @@ def lengths(port: str) -> dict:
 
 
 def main(env_file: str) -> None:
-    port = environment.read_env_file(env_file)["METRICS_PORT"]
-    diag = Diagnostics(DockerCompose(ROOT, env_file=env_file))
+    stack = Stack(env_file)
+    port = stack.value("METRICS_PORT")
+    diag = Diagnostics(stack)
     diag.supervisor("stop", "worker:*")
     diag.enqueue([("diagnostics.sleep", [f"draining-{p}-{n}", TASK_SECONDS], {"priority": p})
                   for p, count in BACKLOG.items() for n in range(count)])

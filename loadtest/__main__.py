@@ -32,9 +32,13 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import environment
+
+from stackctl import envfile
+
 from . import report
 from .progress import Progress
-from .stack import ROOT, Stack, Variant, cores, environment, idle_cpu
+from .stack import ROOT, Stack, Variant, cores, idle_cpu
 from .workload import Load, by_priority, collect, completed, extra_runs, percentiles, throughput
 
 WARMUP = 2.0  # seconds after the load begins that throughput does not count
@@ -267,15 +271,15 @@ class LoadTest:
         self.progress.start("memmon", "the stack's worker at idle, then over its memory limit")
         worker = self.stack.model()["services"]["worker"]["environment"]
         tick = self.memmon_tick()
-        idle = self.stack.compose("exec", "-T", "worker", "sh", "-c", "ps -eo rss=,args=").stdout
-        container = self.stack.compose("ps", "--quiet", "worker").stdout.strip()
+        idle = self.stack.exec("worker", "ps", "-eo", "rss=,args=")
+        container = self.stack.container("worker")
         usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
                                capture_output=True, text=True).stdout.strip()
         idle_cores = idle_cpu(container)
-        stream = self.stack.django_in_background(MARKS, SECONDS=str(tick + 25))
+        stream = self.stack.diagnostics_in_background("marks-for", seconds=tick + 25)
         time.sleep(3)
         limit_mib = environment.validate(worker, ["WORKER_MEMORY_LIMIT"])["WORKER_MEMORY_LIMIT"] // 2**20
-        self.stack.django(GROW, MIB=str(limit_mib))
+        self.stack.diagnostics("grow-a-worker", mib=limit_mib)
         stream.communicate(timeout=tick + 120)
         marks = json.loads(self.stack.redis("-n", "1", "get", "loadtest:marks") or "[]")
         gaps = [(b[0] - a[0], a[1], b[1]) for a, b in zip(marks, marks[1:])]
@@ -294,8 +298,8 @@ class LoadTest:
     def monitoring_cost(self) -> dict:
         """What the metrics cost the worker: counting a task's outcome (task_counts.py, timed in
         the worker image), and the CPU the supervisord listener (its 5 s ticks) has used so far."""
-        per_count = float(self.stack.compose("exec", "-T", "worker", "python3", "-c", COUNTING_COST).stdout.split()[-1])
-        processes = self.stack.compose("exec", "-T", "worker", "ps", "-eo", "times=,etimes=,args=").stdout
+        per_count = self.stack.diagnostics("counting-cost", service="worker")
+        processes = self.stack.exec("worker", "ps", "-eo", "times=,etimes=,args=")
         cpu, elapsed = next((int(line.split()[0]), int(line.split()[1])) for line in processes.splitlines()
                             if LISTENER in line)
         return {"count_microseconds": round(per_count * 1e6, 2), "listener_cpu_seconds": cpu,
@@ -322,12 +326,12 @@ def own_stack(overlay: str, out: Path) -> Stack:
     env_file = out / "stack.env"
     env_file.unlink(missing_ok=True)
     port = 18000 + os.getpid() % 1000
-    environment.write_env_file(
+    envfile.write_env_file(
         str(env_file), COMPOSE_PROJECT_NAME="myauth-loadtest", COMPOSE_FILE=f"compose.yaml:config/overlays/{overlay}.yaml",
         WEB_PORT=str(port), SITE_URL=f"http://localhost:{port}", SCHEDULE_OUTBOUND_TASKS="false",
         DIAGNOSTICS_ENABLED="true")
-    subprocess.run([ROOT / "scripts" / "build"], env={**os.environ, "ENV_FILE": str(env_file)}, check=True)
     stack = Stack(env_file)
+    stack.build()
     stack.compose("--profile", "loadtest", "down", "--volumes")  # what an interrupted run left
     stack.compose("up", "--detach", "--wait")
     return stack
@@ -358,36 +362,6 @@ def main(argv: list) -> int:
 
 
 LISTENER = "monitoring.supervisor_listener"
-COUNTING_COST = """
-import timeit
-from myauth import task_counts
-class Task:
-    name = "diagnostics.esi"
-number = 200000
-print(timeit.timeit(lambda: task_counts.count("succeeded", Task), number=number) / number)
-"""
-
-MARKS = """
-import json, os, time
-import diagnostics.tasks as tasks
-from allianceauth.utils.cache import get_redis_client
-end = time.time() + float(os.environ["SECONDS"])
-while time.time() < end:
-    tasks.mark.apply_async(args=["loadtest-mark"])
-    time.sleep(0.1)
-time.sleep(3)
-events = [json.loads(e) for e in get_redis_client().lrange("diagnostics:events", 0, -1)]
-marks = sorted([e["time"], e["pid"]] for e in events if e["label"] == "loadtest-mark" and e["event"] == "start")
-get_redis_client().set("loadtest:marks", json.dumps(marks))
-print(json.dumps(len(marks)))
-"""
-
-GROW = """
-import json, os
-import diagnostics.tasks as tasks
-tasks.hold_memory.apply_async(args=["loadtest-grow", int(os.environ["MIB"])])
-print(json.dumps(True))
-"""
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -5,69 +5,38 @@ it gets exactly the worker's memory and CPU limits for the overlay, and consumes
 queue `loadtest`: the stack's own workers never see the load, nor the variants anything else.
 """
 
-import json
 import math
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "myauth" / "myauth"))
-import environment  # noqa: E402
+from monitoring.keys import bucket_key
 
+from stackctl import stack
+
+ROOT = stack.ROOT
 QUEUE = "loadtest"
-PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis key for priority p > 0: "<queue>\x06\x16<p>"
 # What a worker logs when its broker connection fails it, or when a live worker was taken for dead
 # (myauth/broker.py, lease.py): none of them may appear.
 BROKER_TROUBLE = ("Couldn't ack", "Too many connections", "Connection to broker lost", "Restoring",
                   "lease expired", "had expired")
 
 
-class Stack:
-    def __init__(self, env_file: Path):
-        self.env_file = env_file
-        self.env = environment.read_env_file(str(env_file))
-
-    def compose(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", "compose", "--env-file", str(self.env_file), *args], cwd=ROOT,
-                              capture_output=True, text=True, check=check, **kwargs)
-
-    def model(self) -> dict:
-        return json.loads(self.compose("config", "--format", "json").stdout)
-
-    def django_command(self, script: str, variables: dict) -> list:
-        options = [arg for name, value in variables.items() for arg in ("-e", f"{name}={value}")]
-        return ["docker", "compose", "--env-file", str(self.env_file), "exec", "-T", *options, "web",
-                "python3", "manage.py", "shell", "-c", script]
-
-    def django(self, script: str, **variables: str) -> dict:
-        """Run a Python script in the web container's Django shell; return the JSON it prints last."""
-        result = subprocess.run(self.django_command(script, variables), cwd=ROOT, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"the web container's shell failed:\n{result.stderr[-3000:]}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
-
-    def django_in_background(self, script: str, **variables: str) -> subprocess.Popen:
-        return subprocess.Popen(self.django_command(script, variables), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def redis(self, *command: str) -> str:
-        return self.compose("exec", "-T", "redis", "redis-cli", "--raw", *command).stdout
+class Stack(stack.Stack):
+    """stackctl's driver, and what the load test needs of the stack besides."""
 
     def purge(self) -> None:
         """Drop every message still waiting on the load test's queue."""
-        self.redis("del", QUEUE, *(f"{QUEUE}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)))
+        self.redis("del", *(bucket_key(QUEUE, p) for p in range(10)))
 
     def max_connections(self, count: int = 0) -> int:
         """MariaDB's max_connections; with count, first set it to that until MariaDB restarts."""
         change = f"SET GLOBAL max_connections = {int(count)}; " if count else ""
-        query = f'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb --user=root -N -e "{change}SELECT @@max_connections"'
-        return int(self.compose("exec", "-T", "mariadb", "sh", "-c", query).stdout.split()[-1])
+        return int(self.sql(f"{change}SELECT @@max_connections;").split()[-1])
 
     def queued(self) -> int:
-        return sum(int(self.redis("llen", key)) for key in [QUEUE] + [f"{QUEUE}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)])
+        return sum(int(self.redis("llen", bucket_key(QUEUE, p))) for p in range(10))
 
     def start_esi_stub(self) -> bool:
         """Start the stub unless it runs; True if this call started it."""
@@ -81,11 +50,7 @@ class Stack:
 
     def cpu_seconds(self, services: tuple) -> dict:
         """The CPU time each of these services' containers has used so far, and when it was read."""
-        used = {}
-        for service in services:
-            seconds = container_cpu_seconds(self.compose("ps", "--quiet", service).stdout.strip())
-            used[service] = (time.monotonic(), seconds)
-        return used
+        return {service: (time.monotonic(), container_cpu_seconds(self.container(service))) for service in services}
 
     def worker_limits(self) -> dict:
         limits = self.model()["services"]["worker"]["deploy"]["resources"]["limits"]

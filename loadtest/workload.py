@@ -1,6 +1,7 @@
 """What the load test sends, and what the tasks recorded of it.
 
-Tasks are sent from the web container, as a view would send them, to the queue `loadtest`;
+Tasks are sent from the web container, as a view would send them, to the queue `loadtest`
+(the diagnostics app's send-load action);
 each records [priority, sent, start, end, pid, container, ok, task id, error, redelivered] in the
 Redis list loadtest:<run> (diagnostics.load), so every figure comes from the tasks' own timestamps.
 """
@@ -12,22 +13,6 @@ import uuid
 from dataclasses import dataclass, field
 
 from .stack import QUEUE, Stack
-
-SEND = """
-import json, os, random, time
-from celery import current_app
-spec = json.loads(os.environ["SPEC"])
-rng = random.Random(spec["run"])
-kinds = rng.choices(list(spec["mix"]), weights=list(spec["mix"].values()), k=spec["count"])
-priorities = rng.choices([int(p) for p in spec["priorities"]], weights=list(spec["priorities"].values()), k=spec["count"])
-began = time.time()
-for i, (kind, priority) in enumerate(zip(kinds, priorities)):
-    if spec["rate"]:
-        time.sleep(max(0, began + i / spec["rate"] - time.time()))
-    current_app.send_task("diagnostics.load", args=[spec["run"], kind, time.time(), spec["url"], spec["cpu_ms"]],
-                          queue=spec["queue"], priority=priority)
-print(json.dumps({"sent": spec["count"], "seconds": time.time() - began}))
-"""
 
 
 @dataclass
@@ -44,18 +29,18 @@ class Load:
     cpu_ms: float = 20
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
-    def spec(self) -> str:
-        return json.dumps({
+    def spec(self) -> dict:
+        return {
             "run": self.run, "count": self.count, "mix": self.mix, "rate": self.rate, "queue": QUEUE,
             "priorities": {str(p): w for p, w in self.priorities.items()}, "cpu_ms": self.cpu_ms,
             "url": f"http://esi-stub:8080/?ms={self.latency_ms}&jitter={self.jitter_ms}",
-        })
+        }
 
     def send(self, stack: Stack) -> dict:
-        return stack.django(SEND, SPEC=self.spec())
+        return stack.diagnostics("send-load", spec=self.spec())
 
     def send_in_background(self, stack: Stack) -> subprocess.Popen:
-        return stack.django_in_background(SEND, SPEC=self.spec())
+        return stack.diagnostics_in_background("send-load", spec=self.spec())
 
 
 @dataclass

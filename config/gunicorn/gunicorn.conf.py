@@ -1,6 +1,6 @@
 """gunicorn for the web container; the worker count comes from compose.yaml / the overlay."""
 
-from myauth.environment import read
+from environment import read
 
 bind = "0.0.0.0:8000"
 workers = read("GUNICORN_WORKERS")

@@ -6,9 +6,10 @@ puts the connection back into the pool instead. settings/local.py selects the en
 gevent worker only; web, beat and the prefork worker keep Django's own.
 """
 
+from environment import DATABASE_POOL_OVERFLOW  # the worker's own connection, outside any task
+
 SERVER_STATUS_IN_TRANS = 1  # MySQL protocol's status flag (PyMySQL's constants.SERVER_STATUS)
 POOL_ENGINE = "myauth.pooled_mysql"  # django-db-connection-pool's, each connection prepared once
-MAX_OVERFLOW = 1  # beyond a connection per greenlet: the worker's own, outside any task
 
 
 def pooled() -> bool:
@@ -29,7 +30,7 @@ def size_pool(sender, **kwargs) -> None:
     from django.db import connections
     from sqlalchemy import event, pool
 
-    dj_db_conn_pool.setup(pool_size=sender.concurrency, max_overflow=MAX_OVERFLOW, pre_ping=True)
+    dj_db_conn_pool.setup(pool_size=sender.concurrency, max_overflow=DATABASE_POOL_OVERFLOW, pre_ping=True)
     # SQLAlchemy rolls back every connection returned to the pool: a round trip after every task,
     # though Django's autocommit leaves no transaction open. Roll back only one that has one.
     pool_container.pool_default_params["reset_on_return"] = None

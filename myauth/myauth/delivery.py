@@ -13,7 +13,7 @@ from celery import signals
 from celery.exceptions import Reject
 from django import db
 
-from myauth.environment import read
+from environment import read
 
 DATABASE_OUTAGE = (db.OperationalError, db.InterfaceError)
 DATABASE_OUTAGE_RETRIES = 10  # backoff 5, 10, 20, 40, then 60 s: about 7 minutes in all

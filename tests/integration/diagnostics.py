@@ -9,27 +9,13 @@ import base64
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
 import requests
+from monitoring.keys import bucket_key
 
-from tests.conftest import compose, inspect, run_in
-from monitoring.keys import bucket_key  # importable once tests.conftest has set the path
-
-ENQUEUE = """
-import json, os
-import diagnostics.tasks
-from celery import current_app
-ids = []
-for name, args, options in json.loads(os.environ["CALLS"]):
-    result = current_app.tasks[name].apply_async(args=args, **options)
-    ids.append(result.id if result is not None else None)
-print(json.dumps(ids))
-"""
-ENQUEUE_BATCH = 500  # calls per exec: they travel in one environment variable, capped at 128 KiB
-SUPERVISORCTL = ("supervisorctl", "-c", "/etc/supervisor/supervisord.conf")
+from stackctl.stack import Stack
 # KEYS: the held-hash prefix and kombu's unacked hash; ARGV: leases. Every message they hold
 # (a tag acknowledged meanwhile is no longer in unacked: skipped).
 HELD_MESSAGES = """
@@ -108,35 +94,25 @@ class Stream(threading.Thread):
         return self.sent
 
 
-def celery_stats(stack, service: str = "worker") -> dict:
-    """`celery inspect stats` in a service's container: {node: stats}, {} when no node answered."""
-    result = subprocess.run([*stack.docker_compose_command(), "exec", "-T", service, "celery", "-A", "myauth",
-                             "inspect", "stats", "--json", "--timeout", "10"], capture_output=True, text=True)
-    return json.loads(result.stdout) if result.stdout.strip() else {}
-
-
 class Diagnostics:
-    def __init__(self, stack):
+    """The test stack (a stackctl Stack) and what the diagnostics tasks recorded in it."""
+
+    def __init__(self, stack: Stack):
         self.stack = stack
 
-    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.stack.docker_compose_command(), *args], capture_output=True, text=True, check=check)
+    def compose(self, *args: str, check: bool = True):
+        return self.stack.compose(*args, check=check)
 
     def run(self, service: str, *command: str, **environment: str) -> str:
         """Run a command in the service's container, with these variables; fail the test if it fails."""
-        return run_in(self.stack, service, *command, **environment)
+        return self.stack.exec(service, *command, **environment)
 
     def enqueue(self, calls: list) -> list:
         """[(task name, args, apply_async options), ...] -> task ids (None where QueueOnce declined)."""
-        ids = []
-        for start in range(0, len(calls), ENQUEUE_BATCH):
-            batch = json.dumps(calls[start:start + ENQUEUE_BATCH])
-            output = self.run("web", "python3", "manage.py", "shell", "-c", ENQUEUE, CALLS=batch)
-            ids += json.loads(output.strip().splitlines()[-1])
-        return ids
+        return self.stack.diagnostics("enqueue", calls=calls)
 
     def redis(self, *command: str) -> str:
-        return self.run("redis", "redis-cli", "--raw", *command)
+        return self.stack.redis(*command)
 
     def reset(self) -> None:
         """Wait until no task is queued or held by a worker (beat adds one a minute; a killed
@@ -201,9 +177,7 @@ class Diagnostics:
     def lease_settings(self) -> dict:
         """LEASE_PREFIX, HELD_PREFIX, UNACKED, LEASE_SECONDS and BEAT_SECONDS, as the worker has them (lease.py)."""
         if not hasattr(self, "_lease_settings"):
-            script = ("import json; from myauth import lease; print(json.dumps({name: getattr(lease, name) for name in "
-                      "('LEASE_PREFIX', 'HELD_PREFIX', 'UNACKED', 'LEASE_SECONDS', 'BEAT_SECONDS')}))")
-            Diagnostics._lease_settings = json.loads(self.run("worker", "python3", "-c", script))
+            Diagnostics._lease_settings = self.stack.diagnostics("lease-settings", service="worker")
         return self._lease_settings
 
     def leases(self) -> dict:
@@ -237,12 +211,10 @@ class Diagnostics:
 
     def rows_written(self, prefix: str) -> tuple:
         """(distinct labels, rows) of the diagnostics rows whose label starts with `prefix`."""
-        count = ("from diagnostics.models import TaskRow; rows = TaskRow.objects.filter(label__startswith=%r);"
-                 "print(rows.values('label').distinct().count(), rows.count())" % prefix)
-        return tuple(int(n) for n in self.run("web", "python3", "manage.py", "shell", "-c", count).split()[-2:])
+        return tuple(self.stack.diagnostics("rows-written", prefix=prefix))
 
     def supervisor(self, *args: str) -> str:
-        return self.compose("exec", "-T", "worker", *SUPERVISORCTL, *args, check=False).stdout
+        return self.stack.supervisor(*args)
 
     def supervisor_pids(self) -> dict:
         """{process name: pid} of every RUNNING supervisord process."""
@@ -266,18 +238,17 @@ class Diagnostics:
     @staticmethod
     def up_worker(env_file) -> None:
         """`docker compose up -d` of the worker with this env file, as an operator applies a change."""
-        compose(env_file, "up", "--detach", "--no-deps", "--wait", "worker", check=True)
+        Stack(env_file).compose("up", "--detach", "--no-deps", "--wait", "worker")
 
     def container_state(self, service: str) -> dict:
-        container_id = self.compose("ps", "--all", "--quiet", service).stdout.strip()
-        return inspect(container_id)["State"]
+        return self.stack.inspect(service)["State"]
 
     def wait_healthy(self, service: str, timeout: float = 120) -> None:
         self.wait_for(lambda: self.container_state(service).get("Health", {}).get("Status") == "healthy",
                       timeout, f"{service} to be healthy")
 
     def logs(self, service: str) -> str:
-        return self.compose("logs", "--no-color", service).stdout
+        return self.stack.logs(service)
 
     def crash(self, service: str) -> float:
         """SIGKILL the container's PID 1 from the host, as the kernel's OOM killer would; return

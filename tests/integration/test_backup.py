@@ -9,11 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import load_script, run_in
+from stackctl import backups
 from tests.integration.diagnostics import Poller, Stream
 from tests.integration.members import Member, assert_logs_in, count_rows, script
-
-backups = load_script("backups.py")
 
 MEMBER = Member("Backup", 90000001)
 
@@ -52,8 +50,8 @@ def test_a_backup_under_load_restored_onto_a_fresh_volume_brings_back_every_row_
 
     [(name, size, checked)] = backups.list_backups(tmp_path)
     path = tmp_path / name
-    assert checked and backups.NAME.fullmatch(name)["version"] == run_in(
-        diag.stack, "web", "python3", "-c", "import allianceauth; print(allianceauth.__version__)").strip()
+    assert checked and backups.NAME.fullmatch(name)["version"] == diag.stack.exec(
+        "web", "python3", "-c", "import allianceauth; print(allianceauth.__version__)").strip()
     assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o600}
     assert name in script("list-backups", tmp_path, env_file=env_file).stdout
     in_backup = rows_in_dump(path, "backup-load-")

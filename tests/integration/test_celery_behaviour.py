@@ -6,8 +6,6 @@ kill a container wait until it is healthy again before they finish.
 
 import pytest
 
-from tests.integration.diagnostics import celery_stats
-
 
 def labels(events, prefix):
     return [e["label"] for e in events if e["event"] == "start" and e["label"].startswith(prefix)]
@@ -150,7 +148,7 @@ def test_prefork_child_over_max_memory_per_child_is_replaced_after_its_task(diag
     grown_pid = next(e["pid"] for e in events if e["label"] == "grow")
 
     def children():
-        nodes = celery_stats(diag.stack, "worker-cpu")
+        nodes = diag.stack.celery_stats("worker-cpu")
         return next((s["pool"]["processes"] for node, s in nodes.items() if node.startswith("cpu@")), [])
 
     replaced = diag.wait_for(lambda: (c := children()) and grown_pid not in c and len(c) == int(sizes["PREFORK_CONCURRENCY"]) and c,

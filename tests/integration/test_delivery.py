@@ -6,12 +6,11 @@ lease is renewed by a thread of its own, and the messages of a process whose lea
 handed back by any live worker.
 """
 
-import json
 import time
 
 import pytest
 
-from tests.conftest import ROOT, run_in
+from stackctl.stack import ROOT
 from tests.integration.conftest import RERUN_WITHIN_SECONDS
 from tests.integration.diagnostics import calls, labels
 
@@ -22,8 +21,8 @@ def starts_of(events: list, label: str) -> list:
 
 def test_a_worker_killed_right_after_it_fetched_a_message_loses_nothing(diag, report):
     """The instant kombu's own transport loses a message in: popped off its list, not yet recorded."""
-    hook = "from diagnostics.apps import HOLD_AFTER_FETCH as hold, HELD_AFTER_FETCH as held; print(hold, held)"
-    hold_variable, held_file = run_in(diag.stack, "worker", "python3", "-c", hook).split()
+    hook = diag.stack.diagnostics("fetch-hook", service="worker")
+    hold_variable, held_file = hook["variable"], hook["file"]
     diag.supervisor("stop", "worker:*")
     try:
         diag.enqueue([("diagnostics.mark", ["fetch-held"], {})])
@@ -36,8 +35,8 @@ def test_a_worker_killed_right_after_it_fetched_a_message_loses_nothing(diag, re
         assert "fetch-held" not in diag.queued_labels()
         holders = [lease for lease, tags in diag.held().items() if tag in tags]
         assert len(holders) == 1, diag.held()
-        pid = run_in(diag.stack, "worker", "pgrep", "-f", "fetch-held@").split()[0]
-        run_in(diag.stack, "worker", "kill", "-KILL", pid)
+        pid = diag.run("worker", "pgrep", "-f", "fetch-held@").split()[0]
+        diag.run("worker", "kill", "-KILL", pid)
         killed_at = time.time()
     finally:
         diag.compose("exec", "-T", "worker", "rm", "-f", held_file, check=False)
@@ -100,43 +99,12 @@ def test_a_worker_whose_event_loop_is_blocked_keeps_its_lease_and_its_tasks(diag
            f"its lease never had less than {lowest / 1000:.0f} s left; its 5 other tasks ran once")
 
 
-FAKE_DEAD_CONSUMER = """
-import json, threading
-import redis
-from django.conf import settings
-from myauth import lease as leases
-client = redis.Redis.from_url(settings.BROKER_URL)
-dead = "test-dead-consumer"
-lease, held = leases.LEASE_PREFIX + dead, leases.HELD_PREFIX + dead
-lists = ["celery"] + ["celery\\x06\\x16%d" % p for p in range(1, 10)]
-# A consumer takes every queued message, as a worker does, and dies: its lease is gone.
-client.set(lease, "{}", px=60000)
-fetch = client.register_script(leases.FETCH)
-taken = 0
-while fetch(keys=[lease, held, leases.UNACKED, *lists], args=["1"] * len(lists)):
-    taken += 1
-client.delete(lease)
-# Eight workers sweep at the same instant (and the stack's live workers sweep as well).
-start, returned = threading.Barrier(8), []
-def sweep():
-    sweeper = redis.Redis.from_url(settings.BROKER_URL)
-    start.wait()
-    returned.append(leases.sweep(sweeper, sweeper.register_script(leases.HAND_BACK)))
-threads = [threading.Thread(target=sweep) for _ in range(8)]
-[thread.start() for thread in threads]
-[thread.join() for thread in threads]
-print(json.dumps({"taken": taken, "returned": returned, "queued": sum(client.llen(key) for key in lists),
-                  "left_held": client.hlen(held)}))
-"""
-
-
 def test_workers_sweeping_a_dead_consumer_at_once_hand_back_each_message_once(diag, report):
     batch = calls("diagnostics.mark", "swept", 300)
     diag.supervisor("stop", "worker:*")
     try:
         diag.enqueue(batch)
-        result = json.loads(run_in(diag.stack, "web", "python3", "manage.py", "shell", "-c",
-                                   FAKE_DEAD_CONSUMER).strip().splitlines()[-1])
+        result = diag.stack.diagnostics("fake-dead-consumer")
     finally:
         diag.supervisor("start", "worker:*")
     # Beat may queue a periodic task while the workers are stopped: the fake consumer takes it too.
@@ -149,18 +117,6 @@ def test_workers_sweeping_a_dead_consumer_at_once_hand_back_each_message_once(di
            f"{sorted(result['returned'], reverse=True)}, the stack's own the rest): each queued once, ran once")
 
 
-MALFORMED_RECORDS = """
-import redis
-from django.conf import settings
-from myauth import lease as leases
-client = redis.Redis.from_url(settings.BROKER_URL)
-client.hset(leases.LEASE_PREFIX + "bad-type", "not", "a lease")
-client.set(leases.LEASE_PREFIX + "never-expires", "{}")
-client.hset(leases.HELD_PREFIX + "ghost", "no-such-delivery-tag", "celery\\x06\\x165")
-client.set(leases.HELD_PREFIX + "junk", "not a hash of held messages")
-"""
-
-
 def test_malformed_leases_and_records_that_point_at_nothing_are_logged_and_cleared(diag):
     settings = diag.lease_settings()
     before, cpu_started_at = diag.supervisor_pids(), diag.container_state("worker-cpu")["StartedAt"]
@@ -168,7 +124,7 @@ def test_malformed_leases_and_records_that_point_at_nothing_are_logged_and_clear
     diag.supervisor("stop", "worker:*")
     try:
         diag.enqueue(queued)
-        run_in(diag.stack, "web", "python3", "manage.py", "shell", "-c", MALFORMED_RECORDS)
+        diag.stack.diagnostics("malformed-records")
         time.sleep(2 * settings["BEAT_SECONDS"] + 1)  # every live worker has swept at least once
         held, leases = diag.held(), diag.leases()
     finally:
@@ -244,7 +200,7 @@ def test_a_soak_with_the_worker_killed_repeatedly_runs_every_task_and_repeats_on
                 break
             diag.wait_for(lambda: len(labels(part) & diag.ended_labels()) >= len(part) // 4, 600,
                           f"a quarter of part {k} to have run")
-            container = run_in(diag.stack, "worker", "hostname").strip()
+            container = diag.run("worker", "hostname").strip()
             started_at = diag.container_state("worker")["StartedAt"]
             leases = {lease for lease in diag.leases() if lease.startswith(f"{container}.")} - dead  # host.pid.random
             killed_at = diag.crash("worker")

@@ -4,16 +4,15 @@ full run's figures are in docs/.)"""
 
 import json
 import subprocess
-import sys
 
-from tests.conftest import ROOT
+from stackctl.stack import ROOT
 
 TASKS = 100
 
 
 def test_the_quick_load_test_completes_every_task_on_each_compared_worker(stack, env_file, tmp_path):
-    subprocess.run([sys.executable, "-m", "loadtest", "--env-file", str(env_file), "--quick",
-                    "--tasks", str(TASKS), "--out", str(tmp_path)], cwd=ROOT, check=True)
+    subprocess.run([ROOT / "scripts" / "loadtest", "--env-file", str(env_file), "--quick",
+                    "--tasks", str(TASKS), "--out", str(tmp_path)], check=True)
 
     result = json.loads((tmp_path / "result.json").read_text())
     runs = {run["pool"]: run for run in result["runs"]}

@@ -3,20 +3,18 @@ report is what Redis, supervisord and the workers did."""
 
 import os
 import subprocess
-import sys
 import urllib.request
 
 import pytest
-
-from tests.conftest import IMAGE_TAG, ROOT, run_in
-from tests.integration.conftest import RERUN_WITHIN_SECONDS
-
-sys.path.insert(0, str(ROOT / "myauth"))
 from monitoring.exposition import parse
+from monitoring.keys import SEPARATOR
+
+from stackctl.stack import ROOT
+from tests.conftest import IMAGE_TAG
+from tests.integration.conftest import RERUN_WITHIN_SECONDS
 
 BACKLOG = {1: 2, 3: 1, 5: 4, 7: 3, 9: 1}  # priority: tasks queued while no worker consumes
 BACKLOG_TASK = "diagnostics.write_row"  # not beat's diagnostics.mark, so the backlog is ours to count
-SEPARATOR = "\x06\x16"
 
 
 @pytest.fixture
@@ -123,7 +121,7 @@ def test_task_counts_rise_by_exactly_the_tasks_run_and_survive_a_django_start(di
     expected = (before[0] + 20, before[1] + 3)
     diag.wait_for(lambda: counts() == expected, 60, f"the counts to reach {expected} (from {before})")
     # Every Django start clears Alliance Auth's own counters (AuthenticationConfig.ready()).
-    run_in(stack, "web", "python3", "manage.py", "check")
+    stack.exec("web", "python3", "manage.py", "check")
     assert counts() == expected
 
 
@@ -152,7 +150,7 @@ def test_an_unreachable_redis_gives_redis_up_0_within_the_scrape_timeout(stack):
     script = ("import time; from monitoring.exporter import broker_client; from monitoring.collect import collect; "
               "from monitoring.exposition import render; t = time.monotonic(); print(render(collect(broker_client())), end=''); "
               "print('took', time.monotonic() - t)")
-    output = run_in(stack, "metrics", "env", "REDIS_HOST=192.0.2.1", "python3", "-c", script)
+    output = stack.exec("metrics", "env", "REDIS_HOST=192.0.2.1", "python3", "-c", script)
     samples = parse("\n".join(line for line in output.splitlines() if not line.startswith("took")))
     assert sample(samples, "myauth_exporter_redis_up") == 0
     assert float(output.split("took")[-1]) < 5, output

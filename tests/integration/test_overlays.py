@@ -10,8 +10,10 @@ import os
 
 import pytest
 
-from tests.conftest import PROJECT, check_sizing, inspect, run_in, start_stack, write_env_file
-from tests.integration.diagnostics import celery_stats
+from stackctl import check_sizing
+from stackctl.stack import Stack
+from tests.conftest import PROJECT
+from tests.integration.conftest import start_stack, write_env_file
 
 
 def declared(env_file) -> dict:
@@ -21,28 +23,28 @@ def declared(env_file) -> dict:
 def assert_running_as_declared(stack, model):
     services = model["services"]
     cpus_here = os.cpu_count()
-    for container in stack.get_containers():
-        inspected = inspect(container.ID)["HostConfig"]
-        limits = services[container.Service]["deploy"]["resources"]["limits"]
-        assert inspected["Memory"] == int(limits["memory"]), container.Service
-        assert inspected["NanoCpus"] == round(min(float(limits["cpus"]), cpus_here) * 1e9), container.Service
+    for service in stack.services_running():
+        inspected = stack.inspect(service)["HostConfig"]
+        limits = services[service]["deploy"]["resources"]["limits"]
+        assert inspected["Memory"] == int(limits["memory"]), service
+        assert inspected["NanoCpus"] == round(min(float(limits["cpus"]), cpus_here) * 1e9), service
 
     worker = services["worker"]["environment"]
     cpu = services["worker-cpu"]["environment"]
-    stats = celery_stats(stack)
+    stats = stack.celery_stats()
     concurrency = {node.split("@")[0]: s["pool"]["max-concurrency"] for node, s in stats.items()}
     expected = {f"worker_{n:02d}": int(worker["WORKER_CONCURRENCY"]) for n in range(int(worker["WORKER_PROGRAMS"]))}
     expected |= {"worker_services_00": 1, "cpu": int(cpu["PREFORK_CONCURRENCY"])}
     assert concurrency == expected
 
-    gunicorn = run_in(stack, "web", "sh", "-c", "ps -eo args= | grep -c '^/opt/venv/bin/python3 /opt/venv/bin/gunicorn'")
+    gunicorn = stack.exec("web", "sh", "-c", "ps -eo args= | grep -c '^/opt/venv/bin/python3 /opt/venv/bin/gunicorn'")
     assert int(gunicorn) == int(services["web"]["environment"]["GUNICORN_WORKERS"]) + 1  # + the master
 
-    maxmemory = run_in(stack, "redis", "redis-cli", "config", "get", "maxmemory").split()[1]
+    maxmemory = stack.exec("redis", "redis-cli", "config", "get", "maxmemory").split()[1]
     assert int(maxmemory) == check_sizing.size(services["redis"]["environment"]["REDIS_MAXMEMORY"])
 
     mariadb = services["mariadb"]["environment"]
-    variables = run_in(stack, "mariadb", "sh", "-c", 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb -uroot -N -e '
+    variables = stack.exec("mariadb", "sh", "-c", 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb -uroot -N -e '
                        '"SELECT @@max_connections, @@innodb_buffer_pool_size"').split()
     assert [int(v) for v in variables] == [int(mariadb["MARIADB_MAX_CONNECTIONS"]),
                                           check_sizing.size(mariadb["MARIADB_INNODB_BUFFER_POOL_SIZE"])]
@@ -69,8 +71,8 @@ def test_overlay_runs_as_declared(built_images, tmp_path, overlay):
     env_file = write_env_file(tmp_path / f"{overlay}.env", f"{PROJECT}-{overlay}", overlay)
     model = declared(env_file)
     cap_cpus_at_this_machine(env_file, model, tmp_path)
-    stack = start_stack(env_file)
+    compose = start_stack(env_file)
     try:
-        assert_running_as_declared(stack, model)
+        assert_running_as_declared(Stack(env_file), model)
     finally:
-        stack.stop()
+        compose.stop()

@@ -16,7 +16,11 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.conftest import IMAGE_TAG, MEASURED, PROJECT, ROOT, docker, environment, inspect
+import environment
+
+from stackctl import envfile
+from stackctl.stack import ROOT, Stack, StackError
+from tests.conftest import IMAGE_TAG, MEASURED, PROJECT, docker
 from tests.integration.conftest import RERUN_WITHIN_SECONDS
 from tests.integration.diagnostics import Diagnostics, labels
 from tests.integration.test_delivery import check_soak
@@ -30,25 +34,32 @@ SLOW_ESI = "http://esi-stub:8080/?ms=3000&jitter=300"
 
 
 
-class SwarmDiagnostics(Diagnostics):
-    """The diagnostics, driven through `docker exec` into a running task of each service."""
-
-    def __init__(self):
-        super().__init__(stack=None)
+class SwarmStack(Stack):
+    """stackctl's driver on the Swarm stack: its commands run, through `docker exec`, in a running
+    task of each service."""
 
     def containers(self, service: str) -> list:
         return docker("ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_{service}",
                       "--filter", "status=running").split()
 
-    def run(self, service: str, *command: str, **variables: str) -> str:
+    def exec(self, service: str, *command: str, input: str = None, check: bool = True, **variables: str) -> str:
         flags = [flag for name, value in variables.items() for flag in ("-e", f"{name}={value}")]
         # `docker exec` skips the entrypoint: secret-env reads the service's secrets first.
-        return docker("exec", *flags, self.containers(service)[0], "secret-env", *command)
+        result = subprocess.run(["docker", "exec", "-i", *flags, self.containers(service)[0], "secret-env", *command],
+                                input=input or "", capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise StackError(f"{' '.join(command)[:200]} in {service} exited {result.returncode}:\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result.stdout
 
     def logs(self, service: str) -> str:
         """The service's log, stdout and stderr (gunicorn's own lines) together."""
         return subprocess.run(["docker", "service", "logs", "--raw", f"{STACK}_{service}"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+
+
+def inspect(container: str) -> dict:
+    return json.loads(docker("inspect", container))[0]
 
 
 def deploy(env_file, registry: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -98,7 +109,7 @@ def costs(diag) -> dict:
 @pytest.fixture(scope="module")
 def swarm_env(tmp_path_factory):
     path = tmp_path_factory.mktemp("swarm") / "swarm.env"
-    environment.write_env_file(
+    envfile.write_env_file(
         str(path), COMPOSE_PROJECT_NAME=STACK, IMAGE_TAG=IMAGE_TAG, COMPOSE_PROFILES="loadtest",
         COMPOSE_FILE="compose.yaml:config/overlays/small.yaml:tests/stack.yaml:tests/swarm.yaml",
         SCHEDULE_OUTBOUND_TASKS="false", DIAGNOSTICS_ENABLED="true")
@@ -135,7 +146,7 @@ def swarm(registry, swarm_env):
 
         began = time.monotonic()
         deploy(swarm_env, registry)
-        diag = SwarmDiagnostics()
+        diag = Diagnostics(SwarmStack(swarm_env))
         try:
             diag.wait_for(lambda: all(replicas_running(s, n) for s, n in
                                       (("web", 1), ("beat", 1), ("worker", WORKERS), ("redis", 1), ("mariadb", 1))),
@@ -146,7 +157,7 @@ def swarm(registry, swarm_env):
             pytest.fail(f"{error}\n{tasks}\n{logs}")
         docker("run", "--detach", "--name", POLLER, "--network", f"{STACK}_default", "--read-only", "--cap-drop", "ALL",
                "--security-opt", "no-new-privileges", "--entrypoint", "python3", f"myauth-app:{IMAGE_TAG}", "-c", POLL,
-               urlparse(environment.read_env_file(str(swarm_env))["SITE_URL"]).hostname)
+               urlparse(diag.stack.env["SITE_URL"]).hostname)
         MEASURED.append(f"swarm: scripts/swarm-deploy (build, push, deploy) until every service ran healthy: "
                f"{time.monotonic() - began:.0f} s, {WORKERS} worker replicas")
         yield diag
@@ -169,7 +180,7 @@ def swarm(registry, swarm_env):
 def test_the_stack_runs_as_rendered_placed_by_node_labels_with_its_secrets_as_files(swarm, swarm_env):
     services = {s["Spec"]["Name"][len(STACK) + 1:]: s["Spec"] for s in
                 json.loads(docker("service", "inspect", *docker("service", "ls", "--quiet").split()))}
-    secrets = [value for name, value in environment.read_env_file(str(swarm_env)).items()
+    secrets = [value for name, value in envfile.read_env_file(str(swarm_env)).items()
                if name in environment.BY_NAME and environment.BY_NAME[name].is_secret and value]
     assert len(secrets) == 4 and not [value for value in secrets if value in json.dumps(services)]
     assert services["worker"]["Mode"]["Replicated"]["Replicas"] == WORKERS
@@ -182,7 +193,7 @@ def test_the_stack_runs_as_rendered_placed_by_node_labels_with_its_secrets_as_fi
         assert container.get("ReadOnly") and container.get("CapabilityDrop") == ["ALL"], name
     # The processes run with the secrets, read from /run/secrets by secret-env.
     assert swarm.redis("ping").strip() == "PONG"
-    web = inspect(swarm.containers("web")[0])
+    web = inspect(swarm.stack.containers("web")[0])
     assert web["Config"]["User"] == "myauth" and web["State"]["Health"]["Status"] == "healthy"
 
 
@@ -226,7 +237,7 @@ def test_a_worker_replica_killed_mid_load_has_its_tasks_run_again_in_another_rep
     swarm.enqueue(batch)
     swarm.wait_for(lambda: len(labels(batch) & swarm.ended_labels()) >= len(batch) // 4, 120, "a quarter to have run")
     # A replica holding tasks (lease ids are host.pid.random; the host is the container's hostname).
-    by_hostname = {inspect(c)["Config"]["Hostname"]: c for c in swarm.containers("worker")}
+    by_hostname = {inspect(c)["Config"]["Hostname"]: c for c in swarm.stack.containers("worker")}
     holding = {lease.split(".")[0] for lease, tags in swarm.held().items() if tags}
     assert holding & set(by_hostname), (by_hostname, swarm.held())
     hostname = sorted(holding & set(by_hostname))[0]
@@ -257,7 +268,7 @@ def test_a_rolling_update_of_the_workers_during_a_backlog_runs_every_task_exactl
     swarm.wait_for(lambda: replicas_running("worker", 3), 120, "three worker replicas")
     docker("service", "scale", "--detach=false", f"{STACK}_worker=2")
     swarm.reset()
-    old = set(swarm.containers("worker"))
+    old = set(swarm.stack.containers("worker"))
     # ESI calls of 3 s: the backlog (100 s at 2 replicas x 10 greenlets) outlasts both replacements.
     batch = [("diagnostics.esi_update", [f"rolling-{i:04d}", SLOW_ESI], {}) for i in range(700)]
     swarm.enqueue(batch)
@@ -265,7 +276,7 @@ def test_a_rolling_update_of_the_workers_during_a_backlog_runs_every_task_exactl
     # Each replica in turn: its successor starts and is healthy, then it gets SIGTERM and finishes its tasks.
     # (Not --detach=false: the update is "completed" only after its monitoring window, 90 s.)
     docker("service", "update", "--force", "--detach", f"{STACK}_worker")
-    swarm.wait_for(lambda: not set(swarm.containers("worker")) & old and replicas_running("worker", 2), 240,
+    swarm.wait_for(lambda: not set(swarm.stack.containers("worker")) & old and replicas_running("worker", 2), 240,
                    "both worker replicas to be replaced")
     updated = time.monotonic() - began
     events = swarm.wait_until_ended(labels(batch), 240)

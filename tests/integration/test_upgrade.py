@@ -30,12 +30,12 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from tests.conftest import IMAGE_TAG, PROJECT, ROOT, docker, environment, load_script, run_in, start_stack, write_env_file
+from stackctl import backups, wheels
+from stackctl.stack import ROOT, Stack
+from tests.conftest import IMAGE_TAG, PROJECT, docker
+from tests.integration.conftest import start_stack, write_env_file
 from tests.integration.diagnostics import Diagnostics, calls, labels
 from tests.integration.members import Member, assert_logs_in, count_rows, script
-
-backups = load_script("backups.py")
-fetch_wheels = load_script("fetch-wheels")
 
 OLDER = ROOT / "tests" / "fixtures" / "allianceauth-5.2"
 OLDER_DEBIAN = "debian:bookworm-slim"
@@ -66,7 +66,7 @@ class Migration(migrations.Migration):
 
 
 def locked_version(lock: Path, package: str) -> str:
-    return next(version for name, version, _ in fetch_wheels.locked_requirements(lock) if name == package)
+    return next(version for name, version, _ in wheels.locked_requirements(lock) if name == package)
 
 
 CURRENT_VERSION = locked_version(ROOT / "images" / "app" / "requirements.lock", "allianceauth")
@@ -76,7 +76,7 @@ OLDER_VERSION = locked_version(OLDER / "requirements.lock", "allianceauth")
 
 def build_older_mariadb() -> str:
     """images/mariadb as it is, on Debian 12; returns its server's version."""
-    made = subprocess.run([ROOT / "scripts" / "bootstrap-base-image", OLDER_DEBIAN], capture_output=True, text=True)
+    made = subprocess.run([ROOT / "scripts" / "internal" / "bootstrap-base-image", OLDER_DEBIAN], capture_output=True, text=True)
     assert made.returncode == 0, made.stdout + made.stderr
     dockerfile = (ROOT / "images" / "mariadb" / "Dockerfile").read_text()
     base = re.search(r"^FROM (\S+)", dockerfile, re.M)[1]
@@ -87,30 +87,30 @@ def build_older_mariadb() -> str:
 
 def build_older_app() -> None:
     """The app image with the older lock's differing packages over it (its Dockerfile says why)."""
-    current = {(name, version) for name, version, _ in fetch_wheels.locked_requirements(
+    current = {(name, version) for name, version, _ in wheels.locked_requirements(
         ROOT / "images" / "app" / "requirements.lock")}
-    differing = [r for r in fetch_wheels.locked_requirements(OLDER / "requirements.lock") if r[:2] not in current]
+    differing = [r for r in wheels.locked_requirements(OLDER / "requirements.lock") if r[:2] not in current]
     context = ROOT / "build" / OLDER.name
     (context / "wheels").mkdir(parents=True, exist_ok=True)
     present = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (context / "wheels").iterdir()}
     for requirement in differing:
-        fetch_wheels.fetch(requirement, present, context / "wheels")
+        wheels.fetch(requirement, present, context / "wheels")
     shutil.copy(OLDER / "requirements.lock", context)
     docker("build", "--quiet", "--force-rm", "--tag", f"myauth-app:{TAG}", "--build-arg", f"APP_IMAGE=myauth-app:{IMAGE_TAG}",
            "--file", str(OLDER / "Dockerfile"), str(context))
 
 
 def allianceauth_version(stack) -> str:
-    return run_in(stack, "web", "python3", "-c", "import allianceauth; print(allianceauth.__version__)").strip()
+    return stack.exec("web", "python3", "-c", "import allianceauth; print(allianceauth.__version__)").strip()
 
 
 def applied_migrations(env_file) -> set:
-    database = backups.Stack(env_file)
+    database = Stack(env_file)
     return set(database.sql(f"SELECT CONCAT(app, '.', name) FROM `{database.database}`.django_migrations").split())
 
 
 def mariadb_version(env_file) -> str:
-    return backups.Stack(env_file).sql("SELECT VERSION()").strip()
+    return Stack(env_file).sql("SELECT VERSION()").strip()
 
 
 def copy_of_checkout(target: Path) -> Path:
@@ -149,7 +149,8 @@ def older(older_images, tmp_path_factory, report):
     directory = tmp_path_factory.mktemp("upgrade")
     env_file = write_env_file(directory / "upgrade.env", f"{PROJECT}-upgrade", IMAGE_TAG=TAG, COMPOSE_PROFILES="")
     began = time.monotonic()
-    stack = start_stack(env_file)
+    compose = start_stack(env_file)
+    stack = Stack(env_file)
     try:
         report(f"upgrade: the older release's stack up and healthy in {time.monotonic() - began:.0f} s")
         assert allianceauth_version(stack) == OLDER_VERSION
@@ -157,12 +158,10 @@ def older(older_images, tmp_path_factory, report):
         MEMBER.create(stack)
         dump = directory / f"allianceauth-{OLDER_VERSION}.sql"
         with open(dump, "wb") as out:
-            subprocess.run([*stack.docker_compose_command(), "exec", "-T", "mariadb", "sh", "-c", MYSQLDUMP],
-                           stdout=out, check=True)
-        yield SimpleNamespace(stack=stack, env_file=env_file, site=environment.read_env_file(str(env_file))["SITE_URL"],
-                              dump=dump, directory=directory)
+            subprocess.run(stack.exec_command("mariadb", "sh", "-c", MYSQLDUMP), cwd=ROOT, stdout=out, check=True)
+        yield SimpleNamespace(stack=stack, env_file=env_file, site=stack.env["SITE_URL"], dump=dump, directory=directory)
     finally:
-        stack.stop()
+        compose.stop()
 
 
 def test_an_upgrade_whose_migration_fails_keeps_the_old_services_running_and_names_the_backup_to_restore(

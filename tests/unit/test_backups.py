@@ -1,5 +1,5 @@
 """Backup files: their names, the listing, and every check a file passes before a restore
-touches anything (scripts/backups.py)."""
+touches anything (stackctl/backups.py)."""
 
 import gzip
 import hashlib
@@ -7,9 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import ROOT, load_script
-
-backups = load_script("backups.py")
+from stackctl import backups
+from stackctl.stack import ROOT
 
 TABLE = "CREATE TABLE `{}` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB;\n"
 

@@ -1,22 +1,25 @@
-"""The configuration table: generation, validation and the documented example."""
+"""The configuration table (myauth/environment.py) and .env (stackctl/envfile.py): generation,
+validation and the documented example."""
 
+import environment
 import pytest
 import yaml
 
-from tests.conftest import ROOT, environment
+from stackctl import envfile
+from stackctl.stack import ROOT
 
 
 def generated(tmp_path, name=".env"):
     path = tmp_path / name
-    assert environment.main(["generate", str(path)]) == 0
+    assert envfile.main(["generate", str(path)]) == 0
     return path
 
 
 def test_a_generated_env_file_is_valid_private_and_has_fresh_secrets(tmp_path):
     first, second = generated(tmp_path, "first.env"), generated(tmp_path, "second.env")
     assert first.stat().st_mode & 0o077 == 0
-    a, b = environment.read_env_file(first), environment.read_env_file(second)
-    environment.check_env_file(first)
+    a, b = envfile.read_env_file(first), envfile.read_env_file(second)
+    envfile.check_env_file(first)
     for name in ("SECRET_KEY", "MARIADB_ROOT_PASSWORD", "MARIADB_PASSWORD", "REDIS_PASSWORD"):
         assert len(a[name]) >= 50 and a[name] != b[name]
     assert len({a["SECRET_KEY"], a["MARIADB_PASSWORD"], a["REDIS_PASSWORD"]}) == 3
@@ -25,7 +28,7 @@ def test_a_generated_env_file_is_valid_private_and_has_fresh_secrets(tmp_path):
 def test_generate_never_overwrites_an_existing_env_file(tmp_path):
     path = generated(tmp_path)
     before = path.read_text()
-    assert environment.main(["generate", str(path)]) == 1
+    assert envfile.main(["generate", str(path)]) == 1
     assert path.read_text() == before
 
 
@@ -47,7 +50,7 @@ def test_each_bad_value_is_reported_with_its_name(tmp_path, capsys, name, value,
     path = generated(tmp_path)
     lines = [line for line in path.read_text().splitlines() if not line.startswith(f"{name}=")]
     path.write_text("\n".join(lines + [f"{name}={value}"]) + "\n")
-    assert environment.main(["check", str(path)]) == 1
+    assert envfile.main(["check", str(path)]) == 1
     assert message in capsys.readouterr().err
 
 
@@ -55,7 +58,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     path = tmp_path / ".env"
     path.write_text("SITE_URL=nope\n")
     with pytest.raises(environment.ConfigurationError) as error:
-        environment.check_env_file(str(path))
+        envfile.check_env_file(str(path))
     for name in ("SECRET_KEY", "MARIADB_ROOT_PASSWORD", "MARIADB_PASSWORD", "REDIS_PASSWORD", "SITE_URL"):
         assert name in str(error.value)
 
@@ -64,10 +67,10 @@ def test_unknown_variables_and_malformed_lines_are_rejected(tmp_path):
     path = generated(tmp_path)
     path.write_text(path.read_text() + "SECRETKEY=typo\n")
     with pytest.raises(environment.ConfigurationError, match="unknown variables: SECRETKEY"):
-        environment.check_env_file(str(path))
+        envfile.check_env_file(str(path))
     path.write_text("just some words\n")
     with pytest.raises(environment.ConfigurationError, match="line 1 is not NAME=value"):
-        environment.check_env_file(str(path))
+        envfile.check_env_file(str(path))
 
 
 @pytest.mark.parametrize("value, size", [("512MB", 512 * 1024**2), ("1GB", 1024**3), ("256KB", 256 * 1024)])
@@ -90,8 +93,8 @@ def test_compose_passes_the_app_containers_every_operator_variable_they_read_and
 
 def test_env_example_documents_every_operator_variable_and_holds_no_secret():
     example = (ROOT / ".env.example").read_text()
-    assert example == environment.example_env_file(), "regenerate: python3 myauth/myauth/environment.py example > .env.example"
-    values = environment.read_env_file(str(ROOT / ".env.example"))
+    assert example == envfile.example_env_file(), "regenerate: scripts/internal/stackctl envfile example > .env.example"
+    values = envfile.read_env_file(str(ROOT / ".env.example"))
     for variable in environment.VARIABLES:
         if variable.generate:
             assert values[variable.name] == ""
@@ -107,4 +110,15 @@ def test_env_example_documents_every_operator_variable_and_holds_no_secret():
 ])
 def test_the_url_scripts_up_prints_is_one_django_answers_for(site_url, bind, port, url):
     # ALLOWED_HOSTS is the SITE_URL's host only: the URL must carry that host (issue 14).
-    assert environment.site_answers_at({"SITE_URL": site_url, "WEB_BIND_ADDRESS": bind, "WEB_PORT": port}) == url
+    assert envfile.site_answers_at({"SITE_URL": site_url, "WEB_BIND_ADDRESS": bind, "WEB_PORT": port}) == url
+
+
+def test_a_container_checks_its_environment_and_reads_a_switch(monkeypatch, capsys):
+    # The image's entrypoint: `environment.py check`, then `environment.py true WAIT_FOR_SCHEMA`.
+    monkeypatch.setenv("WAIT_FOR_SCHEMA", "true")
+    assert environment.main(["check"]) == 0 and environment.main(["true", "WAIT_FOR_SCHEMA"]) == 0
+    monkeypatch.setenv("WAIT_FOR_SCHEMA", "false")
+    assert environment.main(["true", "WAIT_FOR_SCHEMA"]) == 1
+    monkeypatch.setenv("WORKER_CONCURRENCY", "ten")
+    assert environment.main(["check"]) == 1
+    assert "WORKER_CONCURRENCY='ten' is not valid" in capsys.readouterr().err

@@ -3,7 +3,6 @@ odd queue names, malformed messages."""
 
 import json
 
-import tests.conftest  # noqa: F401  (puts myauth/monitoring on the path)
 from monitoring import keys
 from monitoring.exposition import Metric, parse, render
 

@@ -1,41 +1,26 @@
-"""Sizing rules: the three overlays pass, and each rule fires on a stack that breaks it."""
+"""Sizing rules (stackctl/check_sizing.py): each rule fires on a stack that breaks it, with its
+numbers, and passes the overlays as they are declared. (The overlays as `docker compose`
+reads them, and the command itself: tests/integration/test_configuration.py.)"""
 
 import copy
-import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, check_sizing
+from stackctl import check_sizing
+from stackctl.stack import ROOT
+from tests.unit.declared import declared
 
 OVERLAYS = ["small", "medium", "large"]
 
 
-def model(env_file, *files):
-    arguments = ["--env-file", str(env_file)] + [a for f in ("compose.yaml", *files) for a in ("-f", f)]
-    return check_sizing.compose_model(arguments)
-
-
 @pytest.fixture(scope="module")
-def small(env_file):
-    return model(env_file, "config/overlays/small.yaml")
+def small():
+    return declared("config/overlays/small.yaml")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_each_overlay_passes_every_rule(env_file, overlay):
-    assert check_sizing.violations(model(env_file, f"config/overlays/{overlay}.yaml")) == []
-
-
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlays_change_sizes_only(env_file, overlay):
-    base, layered = model(env_file), model(env_file, f"config/overlays/{overlay}.yaml")
-    sizes = {v.name for v in check_sizing.environment.VARIABLES if not v.in_env_file} | {
-        "REDIS_MAXMEMORY", "MARIADB_MAX_CONNECTIONS", "MARIADB_INNODB_BUFFER_POOL_SIZE"}
-    for name, service in layered["services"].items():
-        added = set(service.get("environment") or {}) - set(base["services"][name].get("environment") or {})
-        assert added <= sizes, f"{overlay} sets non-size variables on {name}: {added - sizes}"
-        unsized = {k: v for k, v in service.items() if k not in ("environment", "deploy")}
-        assert unsized == {k: v for k, v in base["services"][name].items() if k not in ("environment", "deploy")}
-    assert {k for k in layered if k != "x-host"} == set(base)
+def test_each_overlay_as_declared_passes_every_rule(overlay):
+    assert check_sizing.violations(declared(f"config/overlays/{overlay}.yaml")) == []
 
 
 def broken(small, service, path, value):
@@ -73,27 +58,39 @@ def test_each_rule_fires_with_its_numbers(small, service, path, value, message):
     assert any(message in p for p in problems), problems
 
 
+def test_each_rule_checks_only_what_it_states(small):
+    # A stack that breaks one rule is reported by that rule alone.
+    breaks_connections = broken(small, "worker", ["environment", "WORKER_CONCURRENCY"], "100")
+    reported = {check.__name__ for _, check in check_sizing.RULES if check(check_sizing.Sizes(breaks_connections))}
+    assert reported == {"connections_fit_mariadb_and_redis"}
+
+
+def test_a_stack_without_an_overlay_is_refused():
+    problems = check_sizing.violations(declared())
+    assert any("no host size (x-host)" in p for p in problems)
+
+
+def test_every_worker_replica_is_counted(small):
+    assert check_sizing.violations(small, worker_replicas=1) == []
+    problems = check_sizing.violations(small, worker_replicas=2, worker_hosts=2)
+    assert any("MARIADB_MAX_CONNECTIONS=100 is below the 169 connections" in p and "2 worker replicas x" in p
+               for p in problems), problems
+    fewer = declared("config/overlays/small.yaml", "tests/swarm.yaml")
+    assert check_sizing.violations(fewer, worker_replicas=3, worker_hosts=1) == []
+    problems = check_sizing.violations(fewer, worker_replicas=5, worker_hosts=1)
+    assert any("5 replicas on 1 worker host(s) put 5 on one host" in p for p in problems), problems
+
+
+def test_the_redis_clients_of_every_replica_are_counted():
+    large = declared("config/overlays/large.yaml")
+    problems = check_sizing.violations(large, worker_replicas=40, worker_hosts=40)
+    assert any(p.startswith("redis: maxclients 10000 is below the") for p in problems), problems
+
+
 def test_the_readme_lists_every_rule_as_the_code_states_it():
     readme = " ".join((ROOT / "README.md").read_text().split())
     missing = [rule for rule in check_sizing.rules() if f"- {' '.join(rule.split())}" not in readme]
     assert not missing, f"README.md's Sizing must list what scripts/check-sizing --rules prints: {missing}"
-
-
-def test_a_stack_without_an_overlay_is_refused(env_file):
-    problems = check_sizing.violations(model(env_file))
-    assert any("no host size (x-host)" in p for p in problems)
-
-
-def test_an_operators_override_file_that_breaks_a_rule_is_refused_by_the_command(env_file, tmp_path):
-    override = tmp_path / "override.yaml"
-    override.write_text('services:\n  worker:\n    environment:\n      WORKER_CONCURRENCY: "90"\n')
-    command = [ROOT / "scripts" / "check-sizing", "--env-file", str(env_file),
-               "-f", "compose.yaml", "-f", "config/overlays/small.yaml", "-f", str(override)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 1
-    assert "MARIADB_MAX_CONNECTIONS=100 is below the 107 connections" in result.stderr
-    command = command[:-2]
-    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
 
 
 @pytest.mark.parametrize("text, expected", [("4g", 4 * 1024**3), ("192mb", 192 * 1024**2), ("256M", 256 * 1024**2),

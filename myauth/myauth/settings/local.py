@@ -1,12 +1,12 @@
 # Every setting in base.py can be overloaded by redefining it here.
 # Values that differ per install come from the environment (.env, see .env.example), read
-# through myauth/environment.py, which names any missing or malformed variable.
+# through myauth/environment.py (the variables' table), which names any missing or malformed variable.
 from .base import *
 import sys
 from urllib.parse import urlparse
 
 from myauth import database
-from myauth.environment import read
+from environment import read
 
 # These are required for Django to function properly. Don't touch.
 ROOT_URLCONF = "myauth.urls"

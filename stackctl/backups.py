@@ -17,14 +17,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "myauth" / "myauth"))
-import environment  # noqa: E402
+from stackctl.stack import ROOT, Stack, StackError
 
 DEFAULT_DIRECTORY = ROOT / "backups"
 SUFFIX = ".sql.gz"
@@ -37,23 +34,11 @@ DUMP_TRAILER = b"-- Dump completed"
 CREATE_TABLE = re.compile(rb"CREATE TABLE `([^`]+)`")
 # A row of Django's django_migrations (id, app, name, applied) in an INSERT, one or many a line.
 MIGRATION_ROW = re.compile(rb"\(\d+,'([^']*)','([^']*)',")
-# Run in the app image: the migrations this stack's code has, and those its squashed migrations
-# replace (a database that applied the replaced ones is not newer).
-KNOWN_MIGRATIONS = """
-import json, django
-django.setup()
-from django.db.migrations.loader import MigrationLoader
-loader = MigrationLoader(None, ignore_no_migrations=True)
-known = set(loader.disk_migrations)
-for migration in loader.disk_migrations.values():
-    known.update(migration.replaces)
-print(json.dumps(sorted(known)))
-"""
 # Lines that choose a database: the restore imports into a scratch database of its own instead.
 CHOOSE_DATABASE = re.compile(rb"(USE `[^`]+`|CREATE DATABASE .*);\s*$")
 
 
-class BackupError(Exception):
+class BackupError(StackError):
     """A backup or restore cannot go on; the message says what is wrong."""
 
 
@@ -186,70 +171,24 @@ def import_stream(path: Path):
             yield line
 
 
-class Stack:
-    """The compose project of an env file (ENV_FILE, default .env), as scripts/build takes it."""
+def allianceauth_version(stack: Stack) -> str:
+    """The Alliance Auth version the stack's app image carries."""
+    image = stack.model()["services"]["web"]["image"]
+    result = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3",
+                             image, "-c", "import allianceauth; print(allianceauth.__version__)"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackupError(f"could not read the Alliance Auth version from the app image:\n{result.stderr}")
+    return result.stdout.strip()
 
-    def __init__(self, env_file=None):
-        self.env_file = Path(env_file or os.environ.get("ENV_FILE") or ROOT / ".env")
-        if not self.env_file.is_file():
-            raise BackupError(f"{self.env_file} does not exist: run scripts/up first, it writes it")
-        self.env = environment.read_env_file(str(self.env_file))
 
-        self.database = environment.validate(self.env, ["MARIADB_DATABASE"])["MARIADB_DATABASE"]
-
-    def command(self, *args: str) -> list:
-        return ["docker", "compose", "--env-file", str(self.env_file), *args]
-
-    def compose(self, *args: str, check: bool = True, **options) -> subprocess.CompletedProcess:
-        options.setdefault("capture_output", True)
-        options.setdefault("text", True)
-        result = subprocess.run(self.command(*args), cwd=ROOT, **options)
-        if check and result.returncode != 0:
-            raise BackupError(f"docker compose {' '.join(args[:4])} failed:\n{result.stderr}")
-        return result
-
-    def running(self) -> set:
-        return set(self.compose("ps", "--services", "--status", "running").stdout.split())
-
-    def require_running(self, service: str) -> None:
-        if service not in self.running():
-            raise BackupError(f"{service} is not running: start the stack first (scripts/up)")
-
-    def image(self, service: str) -> str:
-        return json.loads(self.compose("config", "--format", "json").stdout)["services"][service]["image"]
-
-    def allianceauth_version(self) -> str:
-        """The Alliance Auth version the stack's app image carries."""
-        result = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3",
-                                 self.image("web"), "-c", "import allianceauth; print(allianceauth.__version__)"],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise BackupError(f"could not read the Alliance Auth version from the app image:\n{result.stderr}")
-        return result.stdout.strip()
-
-    def known_migrations(self) -> set:
-        """{(app, name)} this stack's app image knows (KNOWN_MIGRATIONS), with the stack's apps
-        installed; the build-time settings, so that it needs neither the database nor Redis."""
-        result = self.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "python3",
-                              "--env", "DJANGO_SETTINGS_MODULE=myauth.settings.collectstatic",
-                              "migrate", "-c", KNOWN_MIGRATIONS)
-        return {tuple(pair) for pair in json.loads(result.stdout.strip().splitlines()[-1])}
-
-    def mariadb_command(self, *command: str, user: str = "app") -> list:
-        """A MariaDB client program in the mariadb container, as the app user (over TCP, as the
-        app connects) or as root (on the local socket; root cannot log in over the network).
-        The password stays inside the container: the shell there reads it from its environment."""
-        login = ('MYSQL_PWD="$MARIADB_PASSWORD" exec "$0" --protocol=tcp --host=127.0.0.1 --user="$MARIADB_USER" "$@"'
-                 if user == "app" else 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" exec "$0" --user=root "$@"')
-        return self.command("exec", "-T", "mariadb", "sh", "-c", login, *command)
-
-    def sql(self, statements: str) -> str:
-        """Run SQL as root; return its tab-separated output."""
-        result = subprocess.run(self.mariadb_command("mariadb", "--batch", "--skip-column-names", user="root"),
-                                cwd=ROOT, input=statements, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise BackupError(f"MariaDB refused:\n{result.stderr}")
-        return result.stdout
+def known_migrations(stack: Stack) -> set:
+    """{(app, name)} this stack's app image knows (myauth/myauth/known_migrations.py), with the
+    stack's apps installed; the build-time settings, so that it needs neither the database nor Redis."""
+    result = stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "python3",
+                           "--env", "DJANGO_SETTINGS_MODULE=myauth.settings.collectstatic",
+                           "migrate", "-m", "myauth.known_migrations")
+    return {tuple(pair) for pair in json.loads(result.stdout.strip().splitlines()[-1])}
 
 
 # --single-transaction: one snapshot, no locks; --quick: row by row, not each table in memory;
@@ -264,7 +203,7 @@ def backup(stack: Stack, directory: Path) -> Path:
     The directory, the backup and its checksum are its owner's only: the dump holds password
     hashes, tokens and sessions."""
     stack.require_running("mariadb")
-    name = backup_name(now(), stack.allianceauth_version())
+    name = backup_name(now(), allianceauth_version(stack))
     umask = os.umask(0o077)
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Upgrade a running stack to what this checkout builds (scripts/upgrade): a new Alliance Auth
+"""scripts/upgrade: upgrade a running stack to what this checkout builds, losing nothing: a new Alliance Auth
 release or community app (after scripts/lock), a new release of this stack, a newer Debian
 (MariaDB, Redis).
 
@@ -19,7 +19,8 @@ Nothing that runs is replaced until the new images have migrated the database:
 If the migrations fail, the old services keep running and the error names the backup and the
 command that restores it.
 
-Standard library only: it runs on the host.
+    scripts/upgrade [DIRECTORY]     (backups go to DIRECTORY, default backups/ in this checkout;
+                                     ENV_FILE: the stack's .env)
 """
 
 import json
@@ -29,9 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import backups
 import environment
+
+from stackctl import backups, envfile
+from stackctl.stack import ROOT, Stack, StackError
 
 CANDIDATE, PREVIOUS = "-upgrading", "-previous"  # suffixes of the stack's image tag
 
@@ -43,10 +45,10 @@ def say(message: str) -> None:
 def shown(command: list, env: dict) -> int:
     """Run a command with its output passed through (a build or a migration takes a while, and
     its output is what tells why it failed); return its exit status."""
-    return subprocess.run(command, cwd=backups.ROOT, env=env, stdout=sys.stdout, stderr=subprocess.STDOUT).returncode
+    return subprocess.run(command, cwd=ROOT, env=env, stdout=sys.stdout, stderr=subprocess.STDOUT).returncode
 
 
-def built_images(stack: backups.Stack, env: dict) -> set:
+def built_images(stack: Stack, env: dict) -> set:
     """The images the stack's compose files build, with the tag `env` gives them."""
     services = json.loads(stack.compose("config", "--format", "json", env=env).stdout)["services"]
     return {service["image"] for service in services.values() if "build" in service}
@@ -56,13 +58,13 @@ def image_exists(image: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
 
 
-def check(stack: backups.Stack) -> None:
+def check(stack: Stack) -> None:
     """What scripts/up checks, and a running database to back up: refused before anything."""
     try:
-        environment.check_env_file(str(stack.env_file))
+        envfile.check_env_file(str(stack.env_file))
     except environment.ConfigurationError as error:
         raise backups.BackupError(f"refused, nothing was touched: {stack.env_file}:\n{error}") from None
-    sizing = subprocess.run([backups.ROOT / "scripts" / "check-sizing", "--env-file", str(stack.env_file)],
+    sizing = subprocess.run([ROOT / "scripts" / "check-sizing", "--env-file", str(stack.env_file)],
                             capture_output=True, text=True)
     if sizing.returncode != 0:
         raise backups.BackupError(f"refused, nothing was touched:\n{sizing.stderr.strip()}")
@@ -74,12 +76,12 @@ def check(stack: backups.Stack) -> None:
 
 def restore_command(env_file: Path, backup: Path, image_tag: str = "") -> str:
     """The exact command that puts `backup` back, on the images tagged `image_tag` if given."""
-    settings = [f"ENV_FILE={env_file}"] if env_file != backups.ROOT / ".env" else []
+    settings = [f"ENV_FILE={env_file}"] if env_file != ROOT / ".env" else []
     settings += [f"IMAGE_TAG={image_tag}"] if image_tag else []
-    return " ".join([*settings, str(backups.ROOT / "scripts" / "restore"), str(backup)])
+    return " ".join([*settings, str(ROOT / "scripts" / "restore"), str(backup)])
 
 
-def upgrade(stack: backups.Stack, directory: Path) -> None:
+def upgrade(stack: Stack, directory: Path) -> None:
     check(stack)
     current = built_images(stack, dict(os.environ))
     tag = next(iter(current)).rpartition(":")[2]
@@ -87,7 +89,7 @@ def upgrade(stack: backups.Stack, directory: Path) -> None:
 
     backup = step(f"backing up the database into {directory}", lambda: backups.backup(stack, directory))
     say(f"backed up the database to {backup}")
-    if step(f"building the new images, tagged {tag + CANDIDATE}", lambda: shown([backups.ROOT / "scripts" / "build"],
+    if step(f"building the new images, tagged {tag + CANDIDATE}", lambda: shown([ROOT / "scripts" / "build"],
                                                                                  candidate)):
         raise backups.BackupError(f"the build failed (its output is above); nothing was replaced, the stack runs "
                                   f"as before. The backup taken before: {backup}")
@@ -130,3 +132,21 @@ def promote(images: set) -> None:
                 subprocess.run(["docker", "tag", image, image + PREVIOUS], check=True)
             subprocess.run(["docker", "tag", new, image], check=True)
             subprocess.run(["docker", "rmi", new], check=True, capture_output=True)
+
+
+def main(arguments: list) -> int:
+    if arguments[:1] in (["-h"], ["--help"]) or len(arguments) > 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    began = time.monotonic()
+    try:
+        upgrade(Stack(), Path(arguments[0]) if arguments else backups.DEFAULT_DIRECTORY)
+    except StackError as error:
+        print(f"upgrade: {error}", file=sys.stderr)
+        return 1
+    say(f"done in {time.monotonic() - began:.0f} s; every service is healthy")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """The Docker Swarm stack, rendered from the compose model (`docker compose config`): one definition.
 
-    python3 scripts/swarm_stack.py --env-file .env --registry HOST:PORT --out DIR [--workers N] [--stack NAME]
+    scripts/internal/stackctl swarm --env-file .env --registry HOST:PORT --out DIR [--workers N] [--stack NAME]
 
 Checks the swarm's nodes and the sizes (scripts/check-sizing, for N worker replicas), then writes
 into DIR: stack.yaml (for `docker stack deploy`), secrets/ (one file per secret, read by `docker
@@ -19,21 +19,16 @@ later (the migrations run meanwhile). A key this module does not know stops the 
 
 import argparse
 import hashlib
-import importlib.machinery
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "myauth" / "myauth"))
-import environment  # noqa: E402
+import environment
 
-_loader = importlib.machinery.SourceFileLoader("check_sizing", str(ROOT / "scripts" / "check-sizing"))
-check_sizing = importlib.util.module_from_spec(importlib.util.spec_from_loader(_loader.name, _loader))
-_loader.exec_module(check_sizing)  # its size and duration readers
+from stackctl import check_sizing, envfile
+from stackctl.stack import ROOT
 
 # Node labels: adding a worker host is joining the swarm and labelling the node.
 CORE_LABEL, WORKER_LABEL = ("myauth.role", "core"), ("myauth.worker", "true")
@@ -57,7 +52,7 @@ WEB_UPDATE = {"parallelism": 1, "order": "start-first", "failure_action": "rollb
 BEAT_UPDATE = {"parallelism": 1, "order": "stop-first"}
 
 
-class StackError(Exception):
+class RenderError(Exception):
     """The stack cannot be rendered or deployed as asked; the message says what is missing."""
 
 
@@ -89,7 +84,7 @@ def healthcheck_reading_secrets(healthcheck: dict) -> dict:
 def render_service(name: str, service: dict, secrets: dict, registry: str, workers: int) -> dict:
     unknown = set(service) - CARRIED - DROPPED
     if unknown:
-        raise StackError(f"service {name} uses {', '.join(sorted(unknown))}, which scripts/swarm_stack.py does not "
+        raise RenderError(f"service {name} uses {', '.join(sorted(unknown))}, which stackctl/swarm.py does not "
                          f"carry over to Docker Swarm yet: add it to CARRIED or DROPPED, with its conversion")
     out = {key: value for key, value in service.items() if key in CARRIED - {"tmpfs", "deploy"} and value is not None}
     out["image"] = f"{registry}/{service['image']}"
@@ -165,7 +160,7 @@ def render(model: dict, stack: str, registry: str, workers: int) -> tuple:
     text = json.dumps(stack_file)
     leaked = [name for name, value in secrets.items() if value in text]
     if leaked:
-        raise StackError(f"the rendered stack would carry {', '.join(leaked)} in plain text")
+        raise RenderError(f"the rendered stack would carry {', '.join(leaked)} in plain text")
     images = sorted({(service["image"], f"{registry}/{service['image']}") for service in services.values()})
     return stack_file, files, images
 
@@ -173,7 +168,7 @@ def render(model: dict, stack: str, registry: str, workers: int) -> tuple:
 def docker(*arguments: str) -> str:
     result = subprocess.run(["docker", *arguments], capture_output=True, text=True)
     if result.returncode != 0:
-        raise StackError(f"docker {' '.join(arguments)} failed: {result.stderr.strip()}")
+        raise RenderError(f"docker {' '.join(arguments)} failed: {result.stderr.strip()}")
     return result.stdout
 
 
@@ -181,7 +176,7 @@ def labelled_nodes() -> tuple:
     """(hostnames of the ready, active nodes labelled core, ... labelled as worker hosts)."""
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}").split()
     if state != ["active", "true"]:
-        raise StackError("this machine is not a manager of an active swarm: run `docker swarm init` (or deploy from a manager)")
+        raise RenderError("this machine is not a manager of an active swarm: run `docker swarm init` (or deploy from a manager)")
     ids = docker("node", "ls", "--quiet").split()
     nodes = json.loads(docker("node", "inspect", *ids))
     ready = [n for n in nodes if n["Status"]["State"] == "ready" and n["Spec"]["Availability"] == "active"]
@@ -196,10 +191,10 @@ def check_nodes(core: list, workers: list) -> None:
     how = "docker node update --label-add {}={} NODE"
     if len(core) != 1:
         found = f"found {len(core)}: {', '.join(core)}" if core else "found none"
-        raise StackError(f"exactly one ready node must be labelled {'='.join(CORE_LABEL)} (redis, mariadb, web and "
+        raise RenderError(f"exactly one ready node must be labelled {'='.join(CORE_LABEL)} (redis, mariadb, web and "
                          f"beat keep their data on it), {found}: {how.format(*CORE_LABEL)}")
     if not workers:
-        raise StackError(f"no ready node is labelled as a worker host ({'='.join(WORKER_LABEL)}): "
+        raise RenderError(f"no ready node is labelled as a worker host ({'='.join(WORKER_LABEL)}): "
                          f"{how.format(*WORKER_LABEL)}")
 
 
@@ -207,7 +202,7 @@ def compose_model(env_file: str) -> dict:
     result = subprocess.run(["docker", "compose", "--env-file", env_file, "config", "--format", "json"],
                             cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
-        raise StackError(f"docker compose could not read the configuration:\n{result.stderr}")
+        raise RenderError(f"docker compose could not read the configuration:\n{result.stderr}")
     return json.loads(result.stdout)
 
 
@@ -231,22 +226,22 @@ def main(argv: list) -> int:
     parser.add_argument("--stack", help="the stack's name (default: COMPOSE_PROJECT_NAME, or myauth)")
     options = parser.parse_args(argv)
     try:
-        values = environment.read_env_file(options.env_file)
+        values = envfile.read_env_file(options.env_file)
         stack = options.stack or values.get("COMPOSE_PROJECT_NAME") or "myauth"
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", options.registry):
-            raise StackError(f"--registry {options.registry!r} is not HOST:PORT")
+            raise RenderError(f"--registry {options.registry!r} is not HOST:PORT")
         core, worker_hosts = labelled_nodes()
         check_nodes(core, worker_hosts)
         workers = options.workers or len(worker_hosts)
         if workers < 1:
-            raise StackError("--workers must be at least 1")
+            raise RenderError("--workers must be at least 1")
         sizing = subprocess.run([ROOT / "scripts" / "check-sizing", "--worker-replicas", str(workers),
                                  "--worker-hosts", str(len(worker_hosts)), "--env-file", options.env_file])
         if sizing.returncode != 0:
-            raise StackError(f"the sizes do not allow {workers} worker replicas on {len(worker_hosts)} worker host(s)")
+            raise RenderError(f"the sizes do not allow {workers} worker replicas on {len(worker_hosts)} worker host(s)")
         stack_file, files, images = render(compose_model(options.env_file), stack, options.registry, workers)
         write(options.out, stack, stack_file, files, images)
-    except (StackError, environment.ConfigurationError) as error:
+    except (RenderError, environment.ConfigurationError) as error:
         print(f"swarm-deploy: refused, nothing was changed: {error}", file=sys.stderr)
         return 1
     print(f"swarm-deploy: stack {stack}: core services on {core[0]}, {workers} worker replica(s) on "

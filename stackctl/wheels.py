@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Fill build/wheels/ with the files the app image installs, taken from PyPI on the host.
 
 Builds cannot rely on reaching PyPI from inside a container (locked-down CI, TLS-intercepting
@@ -19,7 +18,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from stackctl.stack import ROOT
 LOCKS = [ROOT / "images/app/requirements.lock", ROOT / "images/app/build-requirements.lock"]
 WHEELHOUSE = ROOT / "build/wheels"
 INDEX = os.environ.get("PYPI_SIMPLE_URL", "https://pypi.org/simple").rstrip("/")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Load the web app from this machine and print what it answered, as JSON.
 
     scripts/load-web URL [--requests N] [--concurrency C] [--max-seconds S]
