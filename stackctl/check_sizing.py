@@ -290,6 +290,9 @@ def compose_model(arguments: list) -> dict:
 
 
 def main(arguments: list) -> int:
+    if {"-h", "--help"} & set(arguments):
+        print(__doc__)
+        return 0
     if arguments == ["--rules"]:
         print(*(f"- {text}" for text in rules()), sep="\n")
         return 0

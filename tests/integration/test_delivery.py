@@ -174,7 +174,7 @@ def check_soak(events: list, kills: list) -> tuple:
 @pytest.fixture
 def esi_stub(diag):
     diag.compose("--profile", "loadtest", "up", "--detach", "--no-deps", "esi-stub")
-    # ESI calls of about a second: 75 greenlets then run about 65 tasks a second, slow enough that
+    # ESI calls of about a second: 60 greenlets then run about 50 tasks a second, slow enough that
     # a kill lands while the worker is busy even when the test's own docker calls are slow.
     yield "http://esi-stub:8080/?ms=1000&jitter=300"
     diag.compose("--profile", "loadtest", "rm", "--stop", "--force", "esi-stub")

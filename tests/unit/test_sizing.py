@@ -73,7 +73,7 @@ def test_a_stack_without_an_overlay_is_refused():
 def test_every_worker_replica_is_counted(small):
     assert check_sizing.violations(small, worker_replicas=1) == []
     problems = check_sizing.violations(small, worker_replicas=2, worker_hosts=2)
-    assert any("MARIADB_MAX_CONNECTIONS=100 is below the 169 connections" in p and "2 worker replicas x" in p
+    assert any("MARIADB_MAX_CONNECTIONS=100 is below the" in p and "2 worker replicas x" in p
                for p in problems), problems
     fewer = declared("config/overlays/small.yaml", "tests/swarm.yaml")
     assert check_sizing.violations(fewer, worker_replicas=3, worker_hosts=1) == []
