@@ -97,7 +97,8 @@ def chart(result: dict, path: Path) -> None:
         sweep.plot(x, [r["bound_per_second"] or 0 for r in gevent], "--", color="grey",
                    label="bound: min(concurrency / latency, CPU ceiling)")
         sweep.set_xscale("log")
-        sweep.set_xticks(x, [str(c) for c in x])
+        sweep.set_xticks(x, [str(c) for c in x], rotation=45)  # neighbours such as 50 and 60 stay legible
+        sweep.minorticks_off()
     for run, marker in zip((r for r in runs if r["pool"] != "gevent"), ("s", "^")):
         sweep.plot([run["concurrency"]], [run["tasks_per_second"]], marker, markersize=9, label=run["variant"])
     sweep.set_xlabel("concurrency")
