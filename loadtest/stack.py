@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from monitoring.keys import bucket_key
+from monitoring.keys import PRIORITIES, bucket_key
 
 from stackctl import stack
 
@@ -28,7 +28,7 @@ class Stack(stack.Stack):
 
     def purge(self) -> None:
         """Drop every message still waiting on the load test's queue."""
-        self.redis("del", *(bucket_key(QUEUE, p) for p in range(10)))
+        self.redis("del", *(bucket_key(QUEUE, p) for p in PRIORITIES))
 
     def max_connections(self, count: int = 0) -> int:
         """MariaDB's max_connections; with count, first set it to that until MariaDB restarts."""
@@ -36,7 +36,7 @@ class Stack(stack.Stack):
         return int(self.sql(f"{change}SELECT @@max_connections;").split()[-1])
 
     def queued(self) -> int:
-        return sum(int(self.redis("llen", bucket_key(QUEUE, p))) for p in range(10))
+        return sum(self.queue_lengths(QUEUE).values())
 
     def start_esi_stub(self) -> bool:
         """Start the stub unless it runs; True if this call started it."""

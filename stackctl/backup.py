@@ -11,26 +11,19 @@ readable by their owner only (the dump holds password hashes, tokens and session
 """
 
 import sys
-import time
 from pathlib import Path
 
 from stackctl import backups
-from stackctl.stack import Stack, StackError
+from stackctl.stack import Stack
+
+
+def write_backup(stack: Stack, directory: Path) -> str:
+    target = backups.backup(stack, directory)
+    return f"wrote {target} ({backups.human_size(target.stat().st_size)}) and {target.name}.sha256"
 
 
 def main(arguments: list) -> int:
-    if arguments[:1] in (["-h"], ["--help"]) or len(arguments) > 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    began = time.monotonic()
-    try:
-        target = backups.backup(Stack(), Path(arguments[0]) if arguments else backups.DEFAULT_DIRECTORY)
-    except StackError as error:
-        print(f"backup: {error}", file=sys.stderr)
-        return 1
-    print(f"backup: wrote {target} ({backups.human_size(target.stat().st_size)}, "
-          f"{time.monotonic() - began:.1f} s) and {target.name}.sha256")
-    return 0
+    return backups.command("backup", __doc__, arguments, write_backup, default=backups.DEFAULT_DIRECTORY)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import time
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -246,3 +248,20 @@ def human_size(size: int) -> str:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def command(name: str, usage: str, arguments: list, action, default: Path | None = None) -> int:
+    """The main of backup, restore and upgrade: one backup path (default, when there is one),
+    action(stack, path) timed, returning what to say when it is done; a StackError is printed
+    as the command's refusal with exit status 1."""
+    if arguments[:1] in (["-h"], ["--help"]) or len(arguments) > 1 or not (arguments or default):
+        print(usage, file=sys.stderr)
+        return 2
+    began = time.monotonic()
+    try:
+        done = action(Stack(), Path(arguments[0]) if arguments else default)
+    except StackError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    print(f"{name}: {done}, {time.monotonic() - began:.1f} s in all", flush=True)
+    return 0

@@ -130,19 +130,14 @@ def restore(stack: Stack, path: Path) -> None:
     stack.sql(f"DROP DATABASE `{previous}`;")
 
 
+def restore_and_report(stack: Stack, path: Path) -> str:
+    restore(stack, path)
+    return "done, every service is healthy"
+
+
 def main(arguments: list) -> int:
-    if len(arguments) != 1 or arguments[0] in ("-h", "--help"):
-        print(__doc__, file=sys.stderr)
-        return 2
     os.umask(0o077)
-    began = time.monotonic()
-    try:
-        restore(Stack(), Path(arguments[0]))
-    except StackError as error:
-        print(f"restore: {error}", file=sys.stderr)
-        return 1
-    say(f"done in {time.monotonic() - began:.0f} s; every service is healthy")
-    return 0
+    return backups.command("restore", __doc__, arguments, restore_and_report)
 
 
 if __name__ == "__main__":

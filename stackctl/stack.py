@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import environment
+from monitoring.keys import PRIORITIES, bucket_key
 
 from stackctl import envfile
 
@@ -63,11 +64,8 @@ class Stack:
         return json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
 
     def running(self) -> set:
-        return set(self.compose("ps", "--services", "--status", "running").stdout.split())
-
-    def services_running(self) -> list:
         """The services that have a running container."""
-        return sorted(row["Service"] for row in self.ps())
+        return set(self.compose("ps", "--services", "--status", "running").stdout.split())
 
     def require_running(self, service: str) -> None:
         if service not in self.running():
@@ -110,6 +108,10 @@ class Stack:
 
     def redis(self, *command: str) -> str:
         return self.exec("redis", "redis-cli", "--raw", *command)
+
+    def queue_lengths(self, queue: str = "celery") -> dict:
+        """Messages waiting per priority bucket (0 is kombu's unsuffixed key)."""
+        return {p: int(self.redis("llen", bucket_key(queue, p))) for p in PRIORITIES}
 
     def supervisor(self, *args: str) -> str:
         """supervisorctl in the worker container (its exit status says little: not checked)."""

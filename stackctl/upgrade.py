@@ -33,7 +33,7 @@ from pathlib import Path
 import environment
 
 from stackctl import backups, envfile
-from stackctl.stack import ROOT, Stack, StackError
+from stackctl.stack import ROOT, Stack
 
 CANDIDATE, PREVIOUS = "-upgrading", "-previous"  # suffixes of the stack's image tag
 
@@ -134,18 +134,13 @@ def promote(images: set) -> None:
             subprocess.run(["docker", "rmi", new], check=True, capture_output=True)
 
 
+def upgrade_and_report(stack: Stack, directory: Path) -> str:
+    upgrade(stack, directory)
+    return "done, every service is healthy"
+
+
 def main(arguments: list) -> int:
-    if arguments[:1] in (["-h"], ["--help"]) or len(arguments) > 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    began = time.monotonic()
-    try:
-        upgrade(Stack(), Path(arguments[0]) if arguments else backups.DEFAULT_DIRECTORY)
-    except StackError as error:
-        print(f"upgrade: {error}", file=sys.stderr)
-        return 1
-    say(f"done in {time.monotonic() - began:.0f} s; every service is healthy")
-    return 0
+    return backups.command("upgrade", __doc__, arguments, upgrade_and_report, default=backups.DEFAULT_DIRECTORY)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import threading
 import time
 
 import requests
-from monitoring.keys import bucket_key
+from monitoring.keys import PRIORITIES, bucket_key
 
 from stackctl.stack import Stack
 # KEYS: the held-hash prefix and kombu's unacked hash; ARGV: leases. Every message they hold
@@ -151,8 +151,7 @@ class Diagnostics:
         return self.events()
 
     def queue_lengths(self, queue: str = "celery") -> dict:
-        """Messages waiting per priority bucket (0 is kombu's unsuffixed key)."""
-        return {p: int(self.redis("llen", bucket_key(queue, p))) for p in range(10)}
+        return self.stack.queue_lengths(queue)
 
     def waiting(self, queue: str, priority: int) -> list:
         """The messages waiting in one priority bucket, as kombu stores them."""
@@ -161,11 +160,11 @@ class Diagnostics:
 
     def queued_tasks(self, queue: str = "celery") -> dict:
         """{priority bucket: [task name of each waiting message]}."""
-        return {p: [m["headers"]["task"] for m in self.waiting(queue, p)] for p in range(10)}
+        return {p: [m["headers"]["task"] for m in self.waiting(queue, p)] for p in PRIORITIES}
 
     def queued_labels(self) -> set:
         """The labels (first argument) of every waiting diagnostics task, whatever its queue."""
-        return {label_of(m) for q in ("celery", "cpu") for p in range(10) for m in self.waiting(q, p)} - {None}
+        return {label_of(m) for q in ("celery", "cpu") for p in PRIORITIES for m in self.waiting(q, p)} - {None}
 
     def queued(self) -> int:
         return sum(sum(self.queue_lengths(q).values()) for q in ("celery", "cpu"))

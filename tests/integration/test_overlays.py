@@ -23,7 +23,7 @@ def declared(env_file) -> dict:
 def assert_running_as_declared(stack, model):
     services = model["services"]
     cpus_here = os.cpu_count()
-    for service in stack.services_running():
+    for service in sorted(stack.running()):
         inspected = stack.inspect(service)["HostConfig"]
         limits = services[service]["deploy"]["resources"]["limits"]
         assert inspected["Memory"] == int(limits["memory"]), service

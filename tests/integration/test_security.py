@@ -27,7 +27,7 @@ def test_service_runs_without_capabilities_or_privilege_escalation_on_a_read_onl
 
 def test_only_the_web_and_metrics_ports_are_published_and_only_on_loopback(stack, env):
     published = {}
-    for service in stack.services_running():
+    for service in sorted(stack.running()):
         ports = stack.inspect(service)["NetworkSettings"]["Ports"]
         published[service] = [b for bindings in ports.values() if bindings for b in bindings]
     assert {s for s, bindings in published.items() if bindings} == {"web", "metrics"}
